@@ -1,0 +1,143 @@
+"""Physics kernels for one evaluation (they broadcast over any leading axes):
+lattice transforms (sincg, sinc3, Gaussian, top-hat), structure-factor lookup (nearest
+neighbour and tricubic), all with finite gradients at their singular points.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import Array
+
+SHAPES = ("square", "round", "gauss", "tophat")
+# sqrt of the volume ratio between a cube and its inscribed sphere (nanoBragg's round_xtal).
+_ROUND_NORM = 0.723601254558268
+
+
+def nearest_index(x: Array) -> Array:
+    """nanoBragg's rounding to the nearest whole index, ceil(x - 0.5), as floats."""
+    return jnp.ceil(x - 0.5)
+
+
+def sincg(h: Array, n: Array) -> Array:
+    """Grating transform sin(Nπh)/sin(πh) (nanoBragg ``sincg(π h, N)``).
+
+    h is reduced to its nearest integer first, h = h0 + d, and the ratio is evaluated as
+    ±sin(Nπd)/sin(πd): accurate in float32 at large h, and at d → 0 (integer h, a Bragg peak)
+    a Taylor form gives the value N and a finite gradient. The sign (-1)^((N-1)h0) is exact for
+    integer N; the transform is used squared, so fitted non-integer N only sees |value|.
+    """
+    h0 = nearest_index(h)
+    x = jnp.pi * (h - h0)
+    small = jnp.abs(x) < 1e-5
+    safe_x = jnp.where(small, 1.0, x)
+    ratio = jnp.where(
+        small,
+        n * (1.0 - (n * n - 1.0) * x * x / 6.0),
+        jnp.sin(n * safe_x) / jnp.sin(safe_x),
+    )
+    parity = jnp.mod(jnp.round(n - 1.0) * h0, 2.0)
+    return jnp.where(parity == 1.0, -ratio, ratio)
+
+
+def sinc3(x: Array) -> Array:
+    """Sphere transform 3(sin x - x cos x)/x³ (nanoBragg ``sinc3``), finite gradient at 0."""
+    small = jnp.abs(x) < 1e-3
+    safe = jnp.where(small, 1.0, x)
+    exact = 3.0 * (jnp.sin(safe) / safe - jnp.cos(safe)) / (safe * safe)
+    x2 = x * x
+    return jnp.where(small, 1.0 - x2 / 10.0 + x2 * x2 / 280.0, exact)
+
+
+def _safe_sqrt(q: Array) -> Array:
+    pos = q > 0.0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, q, 1.0)), 0.0)
+
+
+def lattice_factor(
+    hkl: Array, ncells: Array, shape: str, fudge: Array, recip: Array
+) -> tuple[Array, tuple[Array, Array, Array]]:
+    """Lattice transform F_latt for fractional indices ``hkl`` (..., 3).
+
+    Returns ``(F_latt, (Fa, Fb, Fc))``; the per-axis factors are those of the square shape
+    (ones for the other shapes). ``recip`` (3, 3) holds a*, b*, c* [1/Å] of the unrotated
+    crystal, which nanoBragg uses for the Gaussian and top-hat spot radius.
+    """
+    na, nb, nc = ncells[0], ncells[1], ncells[2]
+    h, k, l = hkl[..., 0], hkl[..., 1], hkl[..., 2]
+    one = jnp.ones_like(h)
+    if shape == "square":
+        fa = jnp.where(na > 1.0, sincg(h, na), one)
+        fb = jnp.where(nb > 1.0, sincg(k, nb), one)
+        fc = jnp.where(nc > 1.0, sincg(l, nc), one)
+        return fa * fb * fc, (fa, fb, fc)
+    d = hkl - nearest_index(hkl)
+    volume = na * nb * nc
+    if shape == "round":
+        hrad_sqr = d[..., 0] ** 2 * na * na + d[..., 1] ** 2 * nb * nb + d[..., 2] ** 2 * nc * nc
+        f = volume * _ROUND_NORM * sinc3(jnp.pi * _safe_sqrt(hrad_sqr * fudge))
+        return f, (one, one, one)
+    dstar = d @ recip
+    rad_star_sqr = jnp.sum(dstar * dstar, axis=-1) * (na * na * nb * nb * nc * nc)
+    if shape == "gauss":
+        return volume * jnp.exp(-(rad_star_sqr / 0.63 * fudge)), (one, one, one)
+    if shape == "tophat":
+        return volume * (rad_star_sqr * fudge < 0.3969).astype(h.dtype), (one, one, one)
+    raise ValueError(f"unknown crystal shape {shape!r}")
+
+
+def nearest_F(
+    hkl0: Array,
+    grid: Array,
+    lo: tuple[int, int, int],
+    hi: tuple[int, int, int],
+    default_F: Array,
+    have_table: bool,
+) -> Array:
+    """Structure factor of the nearest reflection, or ``default_F`` outside the table."""
+    if not have_table:
+        return jnp.broadcast_to(default_F, hkl0.shape[:-1]).astype(hkl0.dtype)
+    idx = hkl0.astype(jnp.int32) - jnp.asarray(lo, dtype=jnp.int32)
+    inside = jnp.all((hkl0 >= jnp.asarray(lo)) & (hkl0 <= jnp.asarray(hi)), axis=-1)
+    idx = jnp.where(inside[..., None], idx, 0)
+    value = grid[idx[..., 0], idx[..., 1], idx[..., 2]]
+    return jnp.where(inside, value, default_F)
+
+
+def tricubic_in_range(hkl: Array, lo: tuple[int, int, int], hi: tuple[int, int, int]) -> Array:
+    """Whether the 4×4×4 neighbourhood of ``hkl`` lies inside the table (nanoBragg's test)."""
+    lo_a = jnp.asarray(lo, dtype=hkl.dtype)
+    rng = jnp.asarray(hi, dtype=hkl.dtype) - lo_a + 1.0
+    bad = ((hkl - lo_a + 3.0) > rng) | ((hkl - 2.0) < lo_a)
+    return ~jnp.any(bad, axis=-1)
+
+
+def _polint(xa: Array, ya: Array, x: Array) -> Array:
+    """4-point Lagrange interpolation along the last axis of ``ya`` (nanoBragg ``polint``)."""
+    x0, x1, x2, x3 = (xa[..., i] for i in range(4))
+    y0, y1, y2, y3 = (ya[..., i] for i in range(4))
+    t0 = (x - x1) * (x - x2) * (x - x3) * y0 / ((x0 - x1) * (x0 - x2) * (x0 - x3))
+    t1 = (x - x0) * (x - x2) * (x - x3) * y1 / ((x1 - x0) * (x1 - x2) * (x1 - x3))
+    t2 = (x - x0) * (x - x1) * (x - x3) * y2 / ((x2 - x0) * (x2 - x1) * (x2 - x3))
+    t3 = (x - x0) * (x - x1) * (x - x2) * y3 / ((x3 - x0) * (x3 - x1) * (x3 - x2))
+    return t0 + t1 + t2 + t3
+
+
+def tricubic_F(hkl: Array, grid: Array, lo: tuple[int, int, int]) -> Array:
+    """Tricubic (4×4×4 Lagrange) structure factor at fractional ``hkl`` (nanoBragg ``polin3``).
+
+    Indices outside the table are clamped so the lookup is always defined; callers use the
+    result only where :func:`tricubic_in_range` holds.
+    """
+    base = jnp.floor(hkl) - 1.0
+    offs = jnp.arange(4, dtype=hkl.dtype)
+    nodes = base[..., None] + offs  # (..., 3, 4)
+    idx = nodes.astype(jnp.int32) - jnp.asarray(lo, dtype=jnp.int32)[:, None]
+    shape = jnp.asarray(grid.shape, dtype=jnp.int32)[:, None]
+    idx = jnp.clip(idx, 0, shape - 1)
+    ih = idx[..., 0, :, None, None]
+    ik = idx[..., 1, None, :, None]
+    il = idx[..., 2, None, None, :]
+    cube = grid[ih, ik, il]  # (..., 4, 4, 4) as [h][k][l]
+    along_l = _polint(nodes[..., 2, None, None, :], cube, hkl[..., 2, None, None])
+    along_k = _polint(nodes[..., 1, None, :], along_l, hkl[..., 1, None])
+    return _polint(nodes[..., 0, :], along_k, hkl[..., 0])

@@ -1,0 +1,331 @@
+"""The simulation: the one jit boundary that turns an experiment into a float image.
+
+Per pixel, nanoBragg loops over sensor layers, sub-pixels, sources, φ steps and mosaic
+domains. Here those loops are axes of one broadcast evaluation (written for one element and
+lifted by broadcasting), pixels are processed in blocks with ``lax.map`` so memory stays bounded,
+and the two pieces of sequential state in the C program are explicit:
+
+* the φ carryover (c-parity mode): the working orientation is the carry of a ``lax.scan`` over
+  φ steps; the run's first φ loop starts from the unrotated cell and every later loop from the
+  orientation the previous loop left, so one pixel (the first rendered) is recomputed with the
+  fresh start;
+* the tricubic switch-off: the first evaluation (in the C program's raster order) whose
+  neighbourhood leaves the table turns interpolation off for the rest of the run; a probe pass
+  finds it and the image pass interpolates only before it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from jaxdiff import physics
+from jaxdiff.beam import R_E_SQR, Beam, polarization_factor, water_background
+from jaxdiff.config import SimConfig
+from jaxdiff.crystal import Crystal, cell_vectors, mosaic_matrices, phi_angles, phi_orientations
+from jaxdiff.detector import (
+    Detector,
+    capture_fraction,
+    detector_geometry,
+    pixel_positions,
+    solid_angle,
+)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """Everything differentiable about one exposure.
+
+    Attributes:
+        beam, crystal, detector: the models.
+        fhkl: structure-factor table indexed [h - h_min, k - k_min, l - l_min] (padded by one
+            in each axis, as nanoBragg's), or a (1, 1, 1) placeholder without a table.
+        default_F: structure factor of reflections not in the table.
+        mask: (slow, fast) pixels to render (nonzero) or skip (zero).
+    """
+
+    beam: Beam
+    crystal: Crystal
+    detector: Detector
+    fhkl: Array
+    default_F: Array
+    mask: Array
+
+
+class _Shared(NamedTuple):
+    """Per-run quantities every pixel block uses."""
+
+    geom: object
+    depths: Array
+    layers: Array
+    incident: Array
+    wavelengths: Array
+    stale: Array
+    fresh: Array
+    recip: Array
+    i_bg: Array
+    scale: Array
+
+
+def _orientations(exp: Experiment, cfg: SimConfig):
+    """(φ, mosaic, 3, 3) real-space vectors [m] for stale and fresh φ loops, and a*, b*, c*."""
+    real0, recip = cell_vectors(exp.crystal, cfg.from_cell)
+    phis = phi_angles(exp.crystal, cfg.phisteps)
+    carry = cfg.carryover == "c-parity"
+    spindle = exp.crystal.spindle
+    end, fresh = phi_orientations(real0, spindle, phis, real0, carry)
+    _, stale = phi_orientations(real0, spindle, phis, end, carry)
+    umats = mosaic_matrices(exp.crystal)
+    # a_domain = U · a_phi for each row vector: R_phi @ U^T.
+    stale = jnp.einsum("fij,mkj->fmik", stale, umats)
+    fresh = jnp.einsum("fij,mkj->fmik", fresh, umats)
+    return stale, fresh, recip
+
+
+def _evaluate(sh: _Shared, exp: Experiment, cfg: SimConfig, spix, fpix, rendered, fresh: bool):
+    """All per-evaluation quantities for a block of pixels (P,).
+
+    Evaluation axes follow nanoBragg's loop order: (P, layer, subpixel, source, φ, mosaic).
+    """
+    det, beam = exp.detector, exp.beam
+    pos = pixel_positions(
+        sh.geom, spix, fpix, cfg.oversample, sh.depths, det.pixel_size, beam.direction, cfg.curved
+    )
+    airpath = jnp.sqrt(jnp.sum(pos * pos, axis=-1))
+    diffracted = pos / airpath[..., None]
+    omega = solid_angle(det.pixel_size, airpath, sh.geom.close_distance, cfg.point_pixel)
+    if cfg.absorption:
+        capture = capture_fraction(
+            sh.layers[:, None], det.layer_thickness, det.mu, diffracted, sh.geom.normal
+        )
+    else:
+        capture = jnp.ones_like(airpath)
+    scattering = (diffracted[..., None, :] - sh.incident) / sh.wavelengths[:, None]
+    if cfg.dmin > 0.0:
+        stol = 0.5 * jnp.sqrt(jnp.sum(scattering * scattering, axis=-1))
+        passes = ~((stol > 0.0) & (cfg.dmin > 0.5 / jnp.where(stol > 0.0, stol, 1.0)))
+    else:
+        passes = jnp.ones(scattering.shape[:-1], dtype=bool)
+    passes = passes & rendered[:, None, None, None]
+    polar = polarization_factor(
+        beam.polarization, sh.incident, diffracted[..., None, :], beam.polar_vector
+    )
+    hkl = jnp.einsum("plsxi,fmji->plsxfmj", scattering, sh.stale)
+    flat_pass = passes.reshape(passes.shape[0], -1)
+    first_loop = jnp.argmax(flat_pass, axis=1)
+    any_pass = jnp.any(flat_pass, axis=1)
+    if fresh:
+        fresh_hkl = jnp.einsum("plsxi,fmji->plsxfmj", scattering, sh.fresh)
+        is_first = jax.nn.one_hot(first_loop, flat_pass.shape[1], dtype=bool).reshape(passes.shape)
+        hkl = jnp.where(is_first[..., None, None, None], fresh_hkl, hkl)
+    f_latt, parts = physics.lattice_factor(
+        hkl, exp.crystal.ncells, cfg.shape, exp.crystal.fudge, sh.recip
+    )
+    executed = passes[..., None, None]
+    if cfg.water_size == 0.0:
+        executed = executed & (f_latt != 0.0)
+    return dict(
+        pos=pos,
+        airpath=airpath,
+        diffracted=diffracted,
+        omega=omega,
+        capture=capture,
+        scattering=scattering,
+        passes=passes,
+        polar=polar,
+        hkl=hkl,
+        f_latt=f_latt,
+        f_parts=parts,
+        executed=executed,
+        first_loop=first_loop,
+        any_pass=any_pass,
+    )
+
+
+def _structure_factor(ev, exp: Experiment, cfg: SimConfig, use_tri):
+    hkl = ev["hkl"]
+    have = cfg.table_lo is not None
+    f_nn = physics.nearest_F(
+        physics.nearest_index(hkl),
+        exp.fhkl,
+        cfg.table_lo or (0, 0, 0),
+        cfg.table_hi or (0, 0, 0),
+        exp.default_F,
+        have,
+    )
+    if not (cfg.interpolate and have):
+        return f_nn
+    f_tri = physics.tricubic_F(hkl, exp.fhkl, cfg.table_lo)
+    return jnp.where(use_tri, f_tri, f_nn)
+
+
+def _first_true(flags: Array) -> Array:
+    """Index along the last axis of the first True, or its length where there is none."""
+    n = flags.shape[-1]
+    return jnp.where(jnp.any(flags, axis=-1), jnp.argmax(flags, axis=-1), n)
+
+
+def _probe_block(sh, exp, cfg, spix, fpix, rendered, fresh):
+    """First evaluation (local flat index) whose tricubic neighbourhood leaves the table."""
+    ev = _evaluate(sh, exp, cfg, spix, fpix, rendered, fresh)
+    inside = physics.tricubic_in_range(ev["hkl"], cfg.table_lo, cfg.table_hi)
+    oor = ev["executed"] & ~inside
+    return _first_true(oor.reshape(oor.shape[0], -1)), ev["any_pass"]
+
+
+def _image_block(sh, exp, cfg, spix, fpix, pidx, rendered, tri, fresh):
+    """Pixel values (P,) and whether any source of each pixel passed the resolution cut."""
+    ev = _evaluate(sh, exp, cfg, spix, fpix, rendered, fresh)
+    n_eval = ev["f_latt"][0].size
+    if tri is None:
+        use_tri = None
+    else:
+        local = jnp.arange(n_eval).reshape(ev["f_latt"].shape[1:])
+        tri_p, tri_j = tri
+        before = (pidx < tri_p)[:, None] | ((pidx == tri_p)[:, None] & (local.ravel() < tri_j))
+        use_tri = before.reshape(ev["f_latt"].shape)
+    f_cell = _structure_factor(ev, exp, cfg, use_tri)
+    executed = ev["executed"]
+    x = jnp.where(executed, f_cell * f_cell * ev["f_latt"] * ev["f_latt"], 0.0)
+    p = x.shape[0]
+    per_sub = cfg.oversample_thick or cfg.oversample_polar or cfg.oversample_omega
+    if per_sub:
+        factor = jnp.ones_like(x)
+        if cfg.oversample_thick:
+            factor = factor * ev["capture"][..., None, None, None]
+        if cfg.oversample_polar:
+            factor = factor * ev["polar"][..., None, None]
+        if cfg.oversample_omega:
+            factor = factor * ev["omega"][..., None, None, None]
+        factor = jnp.where(executed, factor, 1.0).reshape(p, -1)
+        # I ← (I + x_j)·f_j in loop order: I = I_bg·Π f + Σ_j x_j Π_{i≥j} f_i.
+        suffix = jnp.flip(jnp.cumprod(jnp.flip(factor, axis=1), axis=1), axis=1)
+        total = sh.i_bg * suffix[:, 0] + jnp.sum(x.reshape(p, -1) * suffix, axis=1)
+    else:
+        total = sh.i_bg + jnp.sum(x.reshape(p, -1), axis=1)
+    value = sh.scale * total
+    if not cfg.oversample_thick:
+        value = value * ev["capture"][:, -1, 0]
+    if not cfg.oversample_polar:
+        if cfg.nopolar:
+            polar = jnp.ones_like(value)
+        else:
+            flat_polar = ev["polar"].reshape(p, -1)
+            polar = jnp.take_along_axis(flat_polar, ev["first_loop"][:, None], axis=1)[:, 0]
+            polar = jnp.where(ev["any_pass"], polar, 0.0)
+        value = value * polar
+    if not cfg.oversample_omega:
+        value = value * ev["omega"][:, 0, 0]
+    return jnp.where(rendered, value, 0.0), ev["any_pass"]
+
+
+def _blocks(cfg: SimConfig, n_pix: int, per_pixel: int):
+    size = max(1, min(n_pix, cfg.chunk // max(per_pixel, 1)))
+    n_blocks = -(-n_pix // size)
+    return size, n_blocks
+
+
+def _map_pixels(fn, arrays, n_pix, size, n_blocks):
+    """Apply ``fn`` to blocks of ``size`` pixels with lax.map; returns per-pixel outputs."""
+    pad = size * n_blocks - n_pix
+    padded = [jnp.pad(a, (0, pad)).reshape(n_blocks, size) for a in arrays]
+    out = jax.lax.map(lambda args: fn(*args), tuple(padded))
+    return jax.tree_util.tree_map(lambda o: o.reshape(-1)[:n_pix], out)
+
+
+def _cast(exp: Experiment, dtype) -> Experiment:
+    def cast(x):
+        x = jnp.asarray(x)
+        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    return jax.tree_util.tree_map(cast, exp)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def simulate(exp: Experiment, cfg: SimConfig) -> Array:
+    """Render the float image (slow, fast) in photons per pixel, as nanoBragg's -floatfile."""
+    dtype = jnp.dtype(cfg.dtype)
+    exp = _cast(exp, dtype)
+    beam, det = exp.beam, exp.detector
+    geom = detector_geometry(det, beam.direction, cfg.pivot_sample)
+    stale, fresh, recip = _orientations(exp, cfg)
+    n_src = beam.source_dirs.shape[0]
+    n_mos = exp.crystal.mosaic_axes.shape[0]
+    steps = n_src * n_mos * cfg.phisteps * cfg.oversample**2
+    layers = jnp.arange(cfg.thicksteps, dtype=dtype)
+    i_bg = (
+        water_background(cfg.water_size, beam.fluence) if cfg.water_size else jnp.zeros((), dtype)
+    )
+    sh = _Shared(
+        geom=geom,
+        depths=layers * det.layer_thickness,
+        layers=layers,
+        incident=-beam.source_dirs,
+        wavelengths=beam.wavelengths,
+        stale=stale,
+        fresh=fresh,
+        recip=recip,
+        i_bg=i_bg,
+        scale=R_E_SQR * beam.fluence / steps,
+    )
+    fmin, fmax, smin, smax = cfg.roi
+    ns, nf = cfg.roi_shape
+    s_idx, f_idx = jnp.meshgrid(jnp.arange(ns) + smin, jnp.arange(nf) + fmin, indexing="ij")
+    spix, fpix = s_idx.ravel(), f_idx.ravel()
+    n_pix = spix.size
+    pidx = jnp.arange(n_pix)
+    rendered = exp.mask[spix, fpix] != 0
+    per_pixel = cfg.thicksteps * cfg.oversample**2 * n_src * cfg.phisteps * n_mos
+    size, n_blocks = _blocks(cfg, n_pix, per_pixel)
+    spix_d, fpix_d = spix.astype(dtype), fpix.astype(dtype)
+    carry = cfg.carryover == "c-parity"
+
+    tri = None
+    if cfg.interpolate and cfg.table_lo is not None:
+        first_oor, any_pass = _map_pixels(
+            lambda s, f, r: _probe_block(sh, exp, cfg, s, f, r, False),
+            [spix_d, fpix_d, rendered],
+            n_pix,
+            size,
+            n_blocks,
+        )
+        if carry:
+            p0 = jnp.argmax(any_pass)
+            j0, _ = _probe_block(
+                sh, exp, cfg, spix_d[p0, None], fpix_d[p0, None], rendered[p0, None], True
+            )
+            first_oor = first_oor.at[p0].set(jnp.where(any_pass[p0], j0[0], first_oor[p0]))
+        hit = first_oor < per_pixel
+        tri_p = jnp.where(jnp.any(hit), jnp.argmax(hit), n_pix)
+        tri_j = jnp.where(jnp.any(hit), first_oor[jnp.minimum(tri_p, n_pix - 1)], 0)
+        tri = (tri_p, tri_j)
+
+    values, any_pass = _map_pixels(
+        lambda s, f, i, r: _image_block(sh, exp, cfg, s, f, i, r, tri, False),
+        [spix_d, fpix_d, pidx, rendered],
+        n_pix,
+        size,
+        n_blocks,
+    )
+    if carry:
+        p0 = jnp.argmax(any_pass)
+        v0, _ = _image_block(
+            sh,
+            exp,
+            cfg,
+            spix_d[p0, None],
+            fpix_d[p0, None],
+            pidx[p0, None],
+            rendered[p0, None],
+            tri,
+            True,
+        )
+        values = values.at[p0].set(jnp.where(any_pass[p0], v0[0], values[p0]))
+    image = jnp.zeros((cfg.spixels, cfg.fpixels), dtype)
+    return image.at[spix, fpix].set(values)
