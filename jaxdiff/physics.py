@@ -97,7 +97,9 @@ def nearest_F(
     if not have_table:
         return jnp.broadcast_to(default_F, hkl0.shape[:-1]).astype(hkl0.dtype)
     idx = hkl0.astype(jnp.int32) - jnp.asarray(lo, dtype=jnp.int32)
-    inside = jnp.all((hkl0 >= jnp.asarray(lo)) & (hkl0 <= jnp.asarray(hi)), axis=-1)
+    lo_f = jnp.asarray(lo, dtype=hkl0.dtype)
+    hi_f = jnp.asarray(hi, dtype=hkl0.dtype)
+    inside = jnp.all((hkl0 >= lo_f) & (hkl0 <= hi_f), axis=-1)
     idx = jnp.where(inside[..., None], idx, 0)
     value = grid[idx[..., 0], idx[..., 1], idx[..., 2]]
     return jnp.where(inside, value, default_F)
