@@ -525,7 +525,11 @@ def _values(rule: Rule, arg: str, argv: list[str], i: int) -> list[str] | None:
             return None
         what = "value" if need == 1 else f"{need} values"
         raise InputError(f"{arg}: missing {what}")
-    return rest[: rule.nvalues]
+    vals = rest[: rule.nvalues]
+    if any(v.startswith("-") and not _looks_numeric(v) for v in vals):
+        what = "value" if rule.nvalues == 1 else f"{rule.nvalues} values"
+        raise InputError(f"{arg}: missing {what} (got option {vals[-1]!r} instead)")
+    return vals
 
 
 def _long_option(o: Options, argv: list[str], i: int, consumed: list[bool]) -> None:

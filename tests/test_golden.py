@@ -37,8 +37,19 @@ def test_golden_case(name, workdir):
         ref_head, ref_data = read_smv(GOLDEN / name / smv)
         head, data = read_smv(workdir / out)
         assert list(head) == list(ref_head)
-        for key in ("SIZE1", "SIZE2", "PIXEL_SIZE", "DISTANCE", "WAVELENGTH", "BEAM_CENTER_X",
-                    "BEAM_CENTER_Y", "CLOSE_DISTANCE", "PHI", "OSC_RANGE", "XDS_ORGX"):
+        for key in (
+            "SIZE1",
+            "SIZE2",
+            "PIXEL_SIZE",
+            "DISTANCE",
+            "WAVELENGTH",
+            "BEAM_CENTER_X",
+            "BEAM_CENTER_Y",
+            "CLOSE_DISTANCE",
+            "PHI",
+            "OSC_RANGE",
+            "XDS_ORGX",
+        ):
             assert float(head[key]) == pytest.approx(float(ref_head[key]), rel=1e-5), key
         diff = np.abs(data.astype(np.int64) - ref_data.astype(np.int64))
         if smv == "int.img":
