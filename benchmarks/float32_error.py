@@ -39,8 +39,10 @@ def main() -> int:
         e64c = np.abs(img64.astype(np.float32) - ref).max() / peak
         worst32, worst32_c, worst64 = max(worst32, e32), max(worst32_c, e32c), max(worst64, e64c)
         print(f"{cmd['name']:46s} {e32:11.2e} {e32c:11.2e} {e64c:11.2e}")
-    print(f"worst: float32 vs float64 {worst32:.2e}, float32 vs C {worst32_c:.2e}, "
-          f"float64 vs C {worst64:.2e} (relative to each image's peak)")
+    print(
+        f"worst: float32 vs float64 {worst32:.2e}, float32 vs C {worst32_c:.2e}, "
+        f"float64 vs C {worst64:.2e} (relative to each image's peak)"
+    )
     return 0
 
 
