@@ -15,15 +15,17 @@ from jaxdiff.errors import InputError
 
 
 def _stats(image: np.ndarray, rendered: np.ndarray, roi_mask: np.ndarray):
-    """nanoBragg's run summary: max (and where), mean and rms over rendered pixels, rmsd."""
+    """nanoBragg's run summary: max over rendered pixels (first in raster order) and its pixel,
+    mean and rms over rendered pixels, rmsd about that mean over the whole ROI."""
     values = image[rendered].astype(np.float64)
     n = max(values.size, 1)
     avg = float(values.sum()) / n
     rms = float(np.sqrt(np.sum(values * values) / (max(values.size, 2) - 1)))
     roi_vals = image[roi_mask].astype(np.float64)
     rmsd = float(np.sqrt(np.sum((roi_vals - avg) ** 2) / (max(roi_vals.size, 2) - 1)))
-    max_i = float(values.max()) if values.size and values.max() > 0 else 0.0
-    where = np.unravel_index(np.argmax(np.where(rendered, image, -np.inf)), image.shape)
+    masked = np.where(rendered, image, -np.inf)
+    where = np.unravel_index(np.argmax(masked), image.shape)
+    max_i = float(masked[where]) if masked[where] > 0 else 0.0
     return max_i, where, avg, rms, rmsd
 
 
@@ -37,6 +39,7 @@ def run(argv: list[str]) -> int:
         auto_int_scale,
         auto_pgm_scale,
         c_header_lines,
+        fmt_g,
         noise_image,
         to_int_image,
         write_float_image,
@@ -60,8 +63,15 @@ def run(argv: list[str]) -> int:
     roi_mask[smin : smax + 1, fmin : fmax + 1] = True
     rendered = roi_mask & (np.asarray(setup.experiment.mask) != 0)
     max_i, where, avg, rms, rmsd = _stats(image, rendered, roi_mask)
-    print(f"max_I = {max_i:g}  at pixel (slow {where[0]}, fast {where[1]})")
-    print(f"mean= {avg:g} rms= {rms:g} rmsd= {rmsd:g}")
+    # C reports the position of the maximum pixel's last sub-pixel, in metres
+    sub = float(setup.experiment.detector.pixel_size) / cfg.oversample
+    last = cfg.oversample - 0.5
+    at = (sub * (where[1] * cfg.oversample + last), sub * (where[0] * cfg.oversample + last))
+    print(
+        f"max_I = {fmt_g(max_i)}  at {fmt_g(at[0])} {fmt_g(at[1])} "
+        f"(pixel slow {where[0]}, fast {where[1]})"
+    )
+    print(f"mean= {fmt_g(avg)} rms= {fmt_g(rms)} rmsd= {fmt_g(rmsd)}")
 
     h = setup.header
     lines = c_header_lines(
@@ -85,9 +95,15 @@ def run(argv: list[str]) -> int:
     )
     write_float_image(o.floatfile, image)
     print(f"wrote {o.floatfile}")
+    if o.hdf5:
+        from jaxdiff.io.hdf5 import write_hdf5
+
+        write_hdf5(o.hdf5, image, setup.experiment, cfg)
+        print(f"wrote {o.hdf5}")
     scale = o.intfile_scale if o.intfile_scale > 0.0 else auto_int_scale(max_i)
     write_smv(o.intfile, to_int_image(image, scale, o.adc_offset, roi_mask), lines)
-    print(f"wrote {o.intfile} (intfile_scale = {scale:g})")
+    print(f"intfile_scale = {fmt_g(scale)}")
+    print(f"wrote {o.intfile}")
     if o.write_pgm:
         pgm_scale = o.pgm_scale if o.pgm_scale > 0.0 else auto_pgm_scale(rmsd, scale)
         write_pgm(o.pgmfile, image, pgm_scale, roi_mask)
