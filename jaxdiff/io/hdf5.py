@@ -152,3 +152,71 @@ def read_hdf5(path: str | os.PathLike[str]):
         arrays = {k: jnp.asarray(v[i]) for k, v in tables.items()}
         experiments.append(Experiment(**models, **arrays))
     return images, experiments, config
+
+
+class StackWriter:
+    """Write a stack of ``n`` images image by image (for long batch runs), atomically.
+
+    The beam, detector and tables are those of ``exp`` for every image; each image's crystal is
+    written with it. Use as a context manager; the file appears at ``path`` only on success.
+    """
+
+    def __init__(self, path, n: int, exp, config) -> None:
+        self._path, self._n, self._exp, self._config = path, n, exp, config
+        self._ctx = None
+
+    def __enter__(self) -> StackWriter:
+        self._ctx = atomic_output(self._path)
+        tmp = self._ctx.__enter__()
+        self._file = h5py.File(tmp, "w")
+        entry = self._file.create_group("entry")
+        entry.attrs["NX_class"] = "NXentry"
+        entry.attrs["program"] = "jaxdiff"
+        data = entry.create_group("data")
+        data.attrs["NX_class"] = "NXdata"
+        data.attrs["signal"] = "data"
+        shape = (self._n, self._config.spixels, self._config.fpixels)
+        self._data = data.create_dataset(
+            "data", shape=shape, dtype=np.float32, chunks=(1, *shape[1:]), compression="gzip"
+        )
+        self._data.attrs["units"] = "photons"
+        self._data.attrs["axes"] = "image,slow,fast"
+        self._crystal = {}
+        for part, (where, nx_class) in _GROUPS.items():
+            group = entry.require_group(where)
+            group.attrs["NX_class"] = nx_class
+            model = getattr(self._exp, part)
+            for field in dataclasses.fields(model):
+                value = np.asarray(getattr(model, field.name))
+                if part == "crystal":
+                    ds = group.create_dataset(
+                        field.name, shape=(self._n, *value.shape), dtype=value.dtype
+                    )
+                    self._crystal[field.name] = ds
+                else:
+                    ds = group.create_dataset(
+                        field.name, data=np.broadcast_to(value, (self._n, *value.shape))
+                    )
+                ds.attrs["units"] = _UNITS.get(field.name, "")
+        model = entry.create_group("model")
+        model.attrs["config"] = json.dumps(dataclasses.asdict(self._config))
+        for name in ("fhkl", "default_F", "mask"):
+            value = np.asarray(getattr(self._exp, name))
+            model.create_dataset(
+                name,
+                data=np.broadcast_to(value, (self._n, *value.shape)),
+                compression="gzip" if name != "default_F" else None,
+            )
+        return self
+
+    def write(self, start: int, images, crystals) -> None:
+        """Store ``images`` (b, slow, fast) and their crystals (leaves (b, ...)) at ``start``."""
+        images = np.asarray(images, dtype=np.float32)
+        stop = start + images.shape[0]
+        self._data[start:stop] = images
+        for name, ds in self._crystal.items():
+            ds[start:stop] = np.asarray(getattr(crystals, name))
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()
+        self._ctx.__exit__(*exc)
