@@ -247,11 +247,9 @@ def _cast(exp: Experiment, dtype) -> Experiment:
     return jax.tree_util.tree_map(cast, exp)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def simulate(exp: Experiment, cfg: SimConfig) -> Array:
-    """Render the float image (slow, fast) in photons per pixel, as nanoBragg's -floatfile."""
+def _shared(exp: Experiment, cfg: SimConfig) -> _Shared:
+    """The per-run quantities of an experiment already cast to the run's dtype."""
     dtype = jnp.dtype(cfg.dtype)
-    exp = _cast(exp, dtype)
     beam, det = exp.beam, exp.detector
     geom = detector_geometry(det, beam.direction, cfg.pivot_sample)
     stale, fresh, recip = _orientations(exp, cfg)
@@ -262,7 +260,7 @@ def simulate(exp: Experiment, cfg: SimConfig) -> Array:
     i_bg = (
         water_background(cfg.water_size, beam.fluence) if cfg.water_size else jnp.zeros((), dtype)
     )
-    sh = _Shared(
+    return _Shared(
         geom=geom,
         depths=layers * det.layer_thickness,
         layers=layers,
@@ -274,37 +272,63 @@ def simulate(exp: Experiment, cfg: SimConfig) -> Array:
         i_bg=i_bg,
         scale=R_E_SQR * beam.fluence / steps,
     )
+
+
+def _roi_pixels(exp: Experiment, cfg: SimConfig):
+    """(slow, fast) indices and the render flag of the ROI's pixels, in raster order."""
     fmin, fmax, smin, smax = cfg.roi
     ns, nf = cfg.roi_shape
     s_idx, f_idx = jnp.meshgrid(jnp.arange(ns) + smin, jnp.arange(nf) + fmin, indexing="ij")
     spix, fpix = s_idx.ravel(), f_idx.ravel()
+    return spix, fpix, exp.mask[spix, fpix] != 0
+
+
+def _per_pixel(exp: Experiment, cfg: SimConfig) -> int:
+    """Evaluations per pixel: layers × sub-pixels × sources × φ steps × mosaic domains."""
+    n_src = exp.beam.source_dirs.shape[0]
+    n_mos = exp.crystal.mosaic_axes.shape[0]
+    return cfg.thicksteps * cfg.oversample**2 * n_src * cfg.phisteps * n_mos
+
+
+def _tricubic_cutoff(sh, exp, cfg, spix_d, fpix_d, rendered, size, n_blocks):
+    """(pixel, evaluation) where tricubic interpolation switches off, in raster order."""
+    n_pix = spix_d.size
+    per_pixel = _per_pixel(exp, cfg)
+    first_oor, any_pass = _map_pixels(
+        lambda s, f, r: _probe_block(sh, exp, cfg, s, f, r, False),
+        [spix_d, fpix_d, rendered],
+        n_pix,
+        size,
+        n_blocks,
+    )
+    if cfg.carryover == "c-parity":
+        p0 = jnp.argmax(any_pass)
+        j0, _ = _probe_block(
+            sh, exp, cfg, spix_d[p0, None], fpix_d[p0, None], rendered[p0, None], True
+        )
+        first_oor = first_oor.at[p0].set(jnp.where(any_pass[p0], j0[0], first_oor[p0]))
+    hit = first_oor < per_pixel
+    tri_p = jnp.where(jnp.any(hit), jnp.argmax(hit), n_pix)
+    tri_j = jnp.where(jnp.any(hit), first_oor[jnp.minimum(tri_p, n_pix - 1)], 0)
+    return tri_p, tri_j
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def simulate(exp: Experiment, cfg: SimConfig) -> Array:
+    """Render the float image (slow, fast) in photons per pixel, as nanoBragg's -floatfile."""
+    dtype = jnp.dtype(cfg.dtype)
+    exp = _cast(exp, dtype)
+    sh = _shared(exp, cfg)
+    spix, fpix, rendered = _roi_pixels(exp, cfg)
     n_pix = spix.size
     pidx = jnp.arange(n_pix)
-    rendered = exp.mask[spix, fpix] != 0
-    per_pixel = cfg.thicksteps * cfg.oversample**2 * n_src * cfg.phisteps * n_mos
-    size, n_blocks = _blocks(cfg, n_pix, per_pixel)
+    size, n_blocks = _blocks(cfg, n_pix, _per_pixel(exp, cfg))
     spix_d, fpix_d = spix.astype(dtype), fpix.astype(dtype)
     carry = cfg.carryover == "c-parity"
 
     tri = None
     if cfg.interpolate and cfg.table_lo is not None:
-        first_oor, any_pass = _map_pixels(
-            lambda s, f, r: _probe_block(sh, exp, cfg, s, f, r, False),
-            [spix_d, fpix_d, rendered],
-            n_pix,
-            size,
-            n_blocks,
-        )
-        if carry:
-            p0 = jnp.argmax(any_pass)
-            j0, _ = _probe_block(
-                sh, exp, cfg, spix_d[p0, None], fpix_d[p0, None], rendered[p0, None], True
-            )
-            first_oor = first_oor.at[p0].set(jnp.where(any_pass[p0], j0[0], first_oor[p0]))
-        hit = first_oor < per_pixel
-        tri_p = jnp.where(jnp.any(hit), jnp.argmax(hit), n_pix)
-        tri_j = jnp.where(jnp.any(hit), first_oor[jnp.minimum(tri_p, n_pix - 1)], 0)
-        tri = (tri_p, tri_j)
+        tri = _tricubic_cutoff(sh, exp, cfg, spix_d, fpix_d, rendered, size, n_blocks)
 
     values, any_pass = _map_pixels(
         lambda s, f, i, r: _image_block(sh, exp, cfg, s, f, i, r, tri, False),
