@@ -57,6 +57,10 @@ def run(argv: list[str]) -> int:
     start = time.perf_counter()
     image = np.asarray(simulate(setup.experiment, cfg)).astype(np.float32)
     print(f"rendered in {time.perf_counter() - start:.2f} s")
+    if o.trace_pixel is not None:
+        from jaxdiff.trace import trace_lines
+
+        print("\n".join(trace_lines(setup, *o.trace_pixel)))
 
     fmin, fmax, smin, smax = cfg.roi
     roi_mask = np.zeros(image.shape, dtype=bool)
