@@ -29,7 +29,8 @@ class SimConfig:
         water_size: water droplet size [m] (0: no water background).
         carryover: "spec" (φ = 0 uses the unrotated cell) or "c-parity" (the C program's).
         dtype: "float64" (reference) or "float32".
-        chunk: evaluations per pixel block (bounds memory).
+        chunk: per-pixel work items (layer × sub-pixel × source) in one block of pixels; each
+            block holds a few arrays of this size while it loops over orientations.
     """
 
     spixels: int
@@ -55,7 +56,7 @@ class SimConfig:
     water_size: float = 0.0
     carryover: str = "spec"
     dtype: str = "float64"
-    chunk: int = 1 << 21
+    chunk: int = 1 << 16
 
     def __post_init__(self):
         if self.carryover not in CARRYOVER_MODES:

@@ -35,6 +35,7 @@ from jaxdiff.detector import (
     pixel_positions,
     solid_angle,
 )
+from jaxdiff.render import probe_block, render_block
 
 
 @jax.tree_util.register_dataclass
@@ -71,6 +72,8 @@ class _Shared(NamedTuple):
     recip: Array
     i_bg: Array
     scale: Array
+    pixel_size: Array
+    beam_dir: Array
 
 
 def _orientations(exp: Experiment, cfg: SimConfig):
@@ -100,7 +103,7 @@ def _evaluate(sh: _Shared, exp: Experiment, cfg: SimConfig, spix, fpix, rendered
     airpath = jnp.sqrt(jnp.sum(pos * pos, axis=-1))
     diffracted = pos / airpath[..., None]
     omega = solid_angle(det.pixel_size, airpath, sh.geom.close_distance, cfg.point_pixel)
-    if cfg.absorption:
+    if cfg.absorption or cfg.oversample_thick:  # see render._geometry
         capture = capture_fraction(
             sh.layers[:, None], det.layer_thickness, det.mu, diffracted, sh.geom.normal
         )
@@ -165,66 +168,6 @@ def _structure_factor(ev, exp: Experiment, cfg: SimConfig, use_tri):
     return jnp.where(use_tri, f_tri, f_nn)
 
 
-def _first_true(flags: Array) -> Array:
-    """Index along the last axis of the first True, or its length where there is none."""
-    n = flags.shape[-1]
-    return jnp.where(jnp.any(flags, axis=-1), jnp.argmax(flags, axis=-1), n)
-
-
-def _probe_block(sh, exp, cfg, spix, fpix, rendered, fresh):
-    """First evaluation (local flat index) whose tricubic neighbourhood leaves the table."""
-    ev = _evaluate(sh, exp, cfg, spix, fpix, rendered, fresh)
-    inside = physics.tricubic_in_range(ev["hkl"], cfg.table_lo, cfg.table_hi)
-    oor = ev["executed"] & ~inside
-    return _first_true(oor.reshape(oor.shape[0], -1)), ev["any_pass"]
-
-
-def _image_block(sh, exp, cfg, spix, fpix, pidx, rendered, tri, fresh):
-    """Pixel values (P,) and whether any source of each pixel passed the resolution cut."""
-    ev = _evaluate(sh, exp, cfg, spix, fpix, rendered, fresh)
-    n_eval = ev["f_latt"][0].size
-    if tri is None:
-        use_tri = None
-    else:
-        local = jnp.arange(n_eval).reshape(ev["f_latt"].shape[1:])
-        tri_p, tri_j = tri
-        before = (pidx < tri_p)[:, None] | ((pidx == tri_p)[:, None] & (local.ravel() < tri_j))
-        use_tri = before.reshape(ev["f_latt"].shape)
-    f_cell = _structure_factor(ev, exp, cfg, use_tri)
-    executed = ev["executed"]
-    x = jnp.where(executed, f_cell * f_cell * ev["f_latt"] * ev["f_latt"], 0.0)
-    p = x.shape[0]
-    per_sub = cfg.oversample_thick or cfg.oversample_polar or cfg.oversample_omega
-    if per_sub:
-        factor = jnp.ones_like(x)
-        if cfg.oversample_thick:
-            factor = factor * ev["capture"][..., None, None, None]
-        if cfg.oversample_polar:
-            factor = factor * ev["polar"][..., None, None]
-        if cfg.oversample_omega:
-            factor = factor * ev["omega"][..., None, None, None]
-        factor = jnp.where(executed, factor, 1.0).reshape(p, -1)
-        # I ← (I + x_j)·f_j in loop order: I = I_bg·Π f + Σ_j x_j Π_{i≥j} f_i.
-        suffix = jnp.flip(jnp.cumprod(jnp.flip(factor, axis=1), axis=1), axis=1)
-        total = sh.i_bg * suffix[:, 0] + jnp.sum(x.reshape(p, -1) * suffix, axis=1)
-    else:
-        total = sh.i_bg + jnp.sum(x.reshape(p, -1), axis=1)
-    value = sh.scale * total
-    if not cfg.oversample_thick:
-        value = value * ev["capture"][:, -1, 0]
-    if not cfg.oversample_polar:
-        if cfg.nopolar:
-            polar = jnp.ones_like(value)
-        else:
-            flat_polar = ev["polar"].reshape(p, -1)
-            polar = jnp.take_along_axis(flat_polar, ev["first_loop"][:, None], axis=1)[:, 0]
-            polar = jnp.where(ev["any_pass"], polar, 0.0)
-        value = value * polar
-    if not cfg.oversample_omega:
-        value = value * ev["omega"][:, 0, 0]
-    return jnp.where(rendered, value, 0.0), ev["any_pass"]
-
-
 def _blocks(cfg: SimConfig, n_pix: int, per_pixel: int):
     size = max(1, min(n_pix, cfg.chunk // max(per_pixel, 1)))
     n_blocks = -(-n_pix // size)
@@ -248,8 +191,8 @@ def _cast(exp: Experiment, dtype) -> Experiment:
 
 
 def _shared(exp: Experiment, cfg: SimConfig) -> _Shared:
-    """The per-run quantities of an experiment already cast to the run's dtype."""
-    dtype = jnp.dtype(cfg.dtype)
+    """The per-run quantities of an experiment, in the precision of its leaves."""
+    dtype = exp.detector.pixel_size.dtype
     beam, det = exp.beam, exp.detector
     geom = detector_geometry(det, beam.direction, cfg.pivot_sample)
     stale, fresh, recip = _orientations(exp, cfg)
@@ -271,6 +214,8 @@ def _shared(exp: Experiment, cfg: SimConfig) -> _Shared:
         recip=recip,
         i_bg=i_bg,
         scale=R_E_SQR * beam.fluence / steps,
+        pixel_size=det.pixel_size,
+        beam_dir=beam.direction,
     )
 
 
@@ -295,7 +240,7 @@ def _tricubic_cutoff(sh, exp, cfg, spix_d, fpix_d, rendered, size, n_blocks):
     n_pix = spix_d.size
     per_pixel = _per_pixel(exp, cfg)
     first_oor, any_pass = _map_pixels(
-        lambda s, f, r: _probe_block(sh, exp, cfg, s, f, r, False),
+        lambda s, f, r: probe_block(sh, exp, cfg, s, f, r, False),
         [spix_d, fpix_d, rendered],
         n_pix,
         size,
@@ -303,7 +248,7 @@ def _tricubic_cutoff(sh, exp, cfg, spix_d, fpix_d, rendered, size, n_blocks):
     )
     if cfg.carryover == "c-parity":
         p0 = jnp.argmax(any_pass)
-        j0, _ = _probe_block(
+        j0, _ = probe_block(
             sh, exp, cfg, spix_d[p0, None], fpix_d[p0, None], rendered[p0, None], True
         )
         first_oor = first_oor.at[p0].set(jnp.where(any_pass[p0], j0[0], first_oor[p0]))
@@ -313,43 +258,52 @@ def _tricubic_cutoff(sh, exp, cfg, spix_d, fpix_d, rendered, size, n_blocks):
     return tri_p, tri_j
 
 
+def _run_precision(sh: _Shared, dtype) -> _Shared:
+    """Keep geometry (detector frame, sources) wide; the rest in the run's dtype."""
+    return sh._replace(
+        stale=sh.stale.astype(dtype),
+        fresh=sh.fresh.astype(dtype),
+        recip=sh.recip.astype(dtype),
+        i_bg=sh.i_bg.astype(dtype),
+        scale=sh.scale.astype(dtype),
+        layers=sh.layers.astype(dtype),
+    )
+
+
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def simulate(exp: Experiment, cfg: SimConfig) -> Array:
-    """Render the float image (slow, fast) in photons per pixel, as nanoBragg's -floatfile."""
+    """Render the float image (slow, fast) in photons per pixel, as nanoBragg's -floatfile.
+
+    The run's dtype (``cfg.dtype``) is used for the per-evaluation work; detector geometry and
+    scattering vectors are formed in float64 whenever JAX has it enabled.
+    """
     dtype = jnp.dtype(cfg.dtype)
+    wide = jnp.dtype(jnp.float64) if jax.config.jax_enable_x64 else dtype
+    sh = _run_precision(_shared(_cast(exp, wide), cfg), dtype)
     exp = _cast(exp, dtype)
-    sh = _shared(exp, cfg)
     spix, fpix, rendered = _roi_pixels(exp, cfg)
     n_pix = spix.size
     pidx = jnp.arange(n_pix)
-    size, n_blocks = _blocks(cfg, n_pix, _per_pixel(exp, cfg))
+    per_block = cfg.thicksteps * cfg.oversample**2 * exp.beam.source_dirs.shape[0]
+    size, n_blocks = _blocks(cfg, n_pix, per_block)
     spix_d, fpix_d = spix.astype(dtype), fpix.astype(dtype)
-    carry = cfg.carryover == "c-parity"
 
     tri = None
     if cfg.interpolate and cfg.table_lo is not None:
         tri = _tricubic_cutoff(sh, exp, cfg, spix_d, fpix_d, rendered, size, n_blocks)
 
     values, any_pass = _map_pixels(
-        lambda s, f, i, r: _image_block(sh, exp, cfg, s, f, i, r, tri, False),
+        lambda s, f, i, r: render_block(sh, exp, cfg, s, f, i, r, tri, False),
         [spix_d, fpix_d, pidx, rendered],
         n_pix,
         size,
         n_blocks,
     )
-    if carry:
+    if cfg.carryover == "c-parity":
+        # the run's first φ loop starts from the unrotated cell: redo that one pixel
         p0 = jnp.argmax(any_pass)
-        v0, _ = _image_block(
-            sh,
-            exp,
-            cfg,
-            spix_d[p0, None],
-            fpix_d[p0, None],
-            pidx[p0, None],
-            rendered[p0, None],
-            tri,
-            True,
-        )
+        one = (spix_d[p0, None], fpix_d[p0, None], pidx[p0, None], rendered[p0, None])
+        v0, _ = render_block(sh, exp, cfg, *one, tri, True)
         values = values.at[p0].set(jnp.where(any_pass[p0], v0[0], values[p0]))
     image = jnp.zeros((cfg.spixels, cfg.fpixels), dtype)
     return image.at[spix, fpix].set(values)

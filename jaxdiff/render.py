@@ -1,0 +1,212 @@
+"""The image kernel: one block of pixels, looping over crystal orientations.
+
+For speed every per-evaluation array has the pixels as its last (contiguous) axis and the
+orientations (φ step × mosaic domain) are a ``fori_loop``: each iteration is one fused,
+vectorized pass over (layer·sub-pixel·source, pixel) with the orientation matrix as scalars, and
+nothing of size evaluations × pixels is ever stored. The C program's sequential state travels in
+the loop carry: the running sum, the running product of the per-sub-pixel factors
+(-oversample_thick/_polar/_omega), and the first evaluation that leaves the tricubic table.
+Geometry (pixel positions, scattering vectors) is formed in the widest float available, so the
+float32 path loses no digits to the small difference between diffracted and incident beams.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxdiff import physics
+from jaxdiff.beam import polarization_factor
+from jaxdiff.config import SimConfig
+from jaxdiff.detector import capture_fraction, pixel_positions, solid_angle
+
+
+def _geometry(sh, exp, cfg: SimConfig, spix, fpix, rendered):
+    """Per (layer·sub-pixel·source, pixel) quantities; the pixel axis last."""
+    det = exp.detector
+    dtype = spix.dtype
+    wide = sh.geom.pix0.dtype
+    pos = pixel_positions(
+        sh.geom,
+        spix.astype(wide),
+        fpix.astype(wide),
+        cfg.oversample,
+        sh.depths,
+        sh.pixel_size,
+        sh.beam_dir,
+        cfg.curved,
+    )  # (P, L, Sub, 3)
+    airpath = jnp.sqrt(jnp.sum(pos * pos, axis=-1))
+    diffracted = pos / airpath[..., None]
+    scattering = (diffracted[..., None, :] - sh.incident) / sh.wavelengths[:, None]
+    geom = jax.tree_util.tree_map(lambda x: x.astype(dtype), sh.geom)
+    omega = solid_angle(det.pixel_size, airpath.astype(dtype), geom.close_distance, cfg.point_pixel)
+    if cfg.absorption or cfg.oversample_thick:
+        # without a sensor thickness nanoBragg's -oversample_thick still recomputes the
+        # capture fraction, exp(0) - exp(0) = 0, and so renders an empty image
+        capture = capture_fraction(
+            sh.layers[:, None],
+            det.layer_thickness,
+            det.mu,
+            diffracted.astype(dtype),
+            geom.normal,
+        )
+    else:
+        capture = jnp.ones_like(omega)
+    if cfg.dmin > 0.0:
+        stol = 0.5 * jnp.sqrt(jnp.sum(scattering * scattering, axis=-1))
+        passes = ~((stol > 0.0) & (cfg.dmin > 0.5 / jnp.where(stol > 0.0, stol, 1.0)))
+    else:
+        passes = jnp.ones(scattering.shape[:-1], dtype=bool)
+    passes = passes & rendered[:, None, None, None]
+    polar = polarization_factor(
+        exp.beam.polarization,
+        sh.incident.astype(dtype),
+        diffracted.astype(dtype)[..., None, :],
+        exp.beam.polar_vector,
+    )
+    p = spix.shape[0]
+    # (P, L, Sub, Src, ...) -> (..., Q, P) with Q = L·Sub·Src in the C program's loop order
+    svec = jnp.moveaxis(scattering.astype(dtype).reshape(p, -1, 3), 0, -1)  # (Q, 3, P)
+    n_src = sh.incident.shape[0]
+    per_q = lambda x: jnp.repeat(x, n_src, axis=-1) if x.ndim == 3 else x  # noqa: E731
+    return dict(
+        s=(svec[:, 0], svec[:, 1], svec[:, 2]),
+        passes=passes.reshape(p, -1).T,
+        polar=polar.reshape(p, -1).T,
+        omega=per_q(omega).reshape(p, -1).T,
+        capture=per_q(capture).reshape(p, -1).T,
+        omega0=omega[:, 0, 0],
+        capture_last=capture[:, -1, 0],
+    )
+
+
+def _hkl(s, a):
+    """Fractional Miller indices for scattering components ``s`` and rows of ``a`` (3, 3)."""
+    return tuple(s[0] * a[j, 0] + s[1] * a[j, 1] + s[2] * a[j, 2] for j in range(3))
+
+
+def _lattice_sq(hkl, exp, cfg, recip):
+    """F_latt² and whether F_latt is nonzero."""
+    if cfg.shape == "square":
+        f2 = physics.square_lattice_sq(*hkl, exp.crystal.ncells)
+        return f2, f2 != 0.0
+    f, _ = physics.lattice_factor(
+        jnp.stack(hkl, axis=-1), exp.crystal.ncells, cfg.shape, exp.crystal.fudge, recip
+    )
+    return f * f, f != 0.0
+
+
+def _f_cell(hkl, exp, cfg, use_tri):
+    have = cfg.table_lo is not None
+    if not have:
+        return exp.default_F
+    stacked = jnp.stack(hkl, axis=-1)
+    f_nn = physics.nearest_F(
+        physics.nearest_index(stacked), exp.fhkl, cfg.table_lo, cfg.table_hi, exp.default_F, True
+    )
+    if use_tri is None:
+        return f_nn
+    return jnp.where(use_tri, physics.tricubic_F(stacked, exp.fhkl, cfg.table_lo), f_nn)
+
+
+def _orientation_loop(sh, exp, cfg, g, pidx, tri, fresh, probe):
+    """Loop over orientations; returns the loop's final carry."""
+    s = g["s"]
+    q_count, p = g["passes"].shape
+    n_orient = sh.stale.shape[0] * sh.stale.shape[1]
+    stale = sh.stale.reshape(n_orient, 3, 3)
+    fresh_m = sh.fresh.reshape(n_orient, 3, 3)
+    first_q = jnp.argmax(g["passes"], axis=0)
+    q_idx = jnp.arange(q_count)[:, None]
+    is_first = q_idx == first_q[None, :]
+    per_sub = cfg.oversample_thick or cfg.oversample_polar or cfg.oversample_omega
+    factor = None
+    if per_sub:
+        factor = jnp.ones_like(g["polar"])
+        if cfg.oversample_thick:
+            factor = factor * g["capture"]
+        if cfg.oversample_polar:
+            factor = factor * g["polar"]
+        if cfg.oversample_omega:
+            factor = factor * g["omega"]
+    interpolating = cfg.interpolate and cfg.table_lo is not None
+    big = jnp.iinfo(jnp.int32).max
+
+    def body(o, carry):
+        hkl = _hkl(s, stale[o])
+        if fresh:
+            hkl_f = _hkl(s, fresh_m[o])
+            hkl = tuple(jnp.where(is_first, b, a) for a, b in zip(hkl, hkl_f, strict=True))
+        f2, nonzero = _lattice_sq(hkl, exp, cfg, sh.recip)
+        executed = g["passes"]
+        if cfg.water_size == 0.0:
+            executed = executed & nonzero
+        local = (q_idx * n_orient + o).astype(jnp.int32)
+        if probe:
+            inside = physics.tricubic_in_range(jnp.stack(hkl, -1), cfg.table_lo, cfg.table_hi)
+            hit = executed & ~inside & (carry == big)
+            return jnp.where(hit, local, carry)
+        use_tri = None
+        if interpolating:
+            tri_p, tri_j = tri
+            use_tri = (pidx < tri_p)[None, :] | ((pidx == tri_p)[None, :] & (local < tri_j))
+        fc = _f_cell(hkl, exp, cfg, use_tri)
+        x = jnp.where(executed, fc * fc * f2, 0.0)
+        if not per_sub:
+            return carry + x
+        acc, mult = carry
+        return (
+            jnp.where(executed, (acc + x) * factor, acc),
+            jnp.where(executed, mult * factor, mult),
+        )
+
+    dtype = g["polar"].dtype
+    if probe:
+        init = jnp.full((q_count, p), big, dtype=jnp.int32)
+    elif per_sub:
+        init = (jnp.zeros((q_count, p), dtype), jnp.ones((q_count, p), dtype))
+    else:
+        init = jnp.zeros((q_count, p), dtype)
+    return jax.lax.fori_loop(0, n_orient, body, init), first_q
+
+
+def probe_block(sh, exp, cfg, spix, fpix, rendered, fresh):
+    """First evaluation (flat index in loop order) of each pixel whose tricubic neighbourhood
+    leaves the table (or the evaluation count), and whether any source passed -dmin."""
+    g = _geometry(sh, exp, cfg, spix, fpix, rendered)
+    first, _ = _orientation_loop(sh, exp, cfg, g, None, None, fresh, probe=True)
+    n_eval = first.shape[0] * sh.stale.shape[0] * sh.stale.shape[1]
+    first = jnp.min(first, axis=0)
+    return jnp.where(first == jnp.iinfo(jnp.int32).max, n_eval, first), jnp.any(g["passes"], 0)
+
+
+def render_block(sh, exp, cfg, spix, fpix, pidx, rendered, tri, fresh):
+    """Pixel values (P,) of a block, and whether any source of each pixel passed -dmin."""
+    g = _geometry(sh, exp, cfg, spix, fpix, rendered)
+    carry, first_q = _orientation_loop(sh, exp, cfg, g, pidx, tri, fresh, probe=False)
+    any_pass = jnp.any(g["passes"], axis=0)
+    if isinstance(carry, tuple):
+        acc, mult = carry
+
+        def fold(total, qm):  # I ← I·Π f + Σ x f…, group by group in loop order
+            a, m = qm
+            return total * m + a, None
+
+        start = jnp.broadcast_to(sh.i_bg, acc.shape[1:]).astype(acc.dtype)
+        total, _ = jax.lax.scan(fold, start, (acc, mult))
+    else:
+        total = sh.i_bg + jnp.sum(carry, axis=0)
+    value = sh.scale * total
+    if not cfg.oversample_thick:
+        value = value * g["capture_last"]
+    if not cfg.oversample_polar:
+        if cfg.nopolar:
+            polar = jnp.ones_like(value)
+        else:
+            polar = jnp.take_along_axis(g["polar"], first_q[None, :], axis=0)[0]
+            polar = jnp.where(any_pass, polar, 0.0)
+        value = value * polar
+    if not cfg.oversample_omega:
+        value = value * g["omega0"]
+    return jnp.where(rendered, value, 0.0), any_pass
