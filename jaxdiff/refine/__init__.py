@@ -1,0 +1,40 @@
+"""Refinement by gradient: losses, masks, parameter groups and the optax driver."""
+
+from jaxdiff.refine.driver import (
+    DEFAULT_SCHEDULE,
+    RefineResult,
+    Stage,
+    StepInfo,
+    broaden,
+    default_optimizer,
+    refine,
+)
+from jaxdiff.refine.losses import (
+    LOSSES,
+    dilate,
+    poisson_nll,
+    spot_pixels,
+    valid_pixels,
+    weighted_least_squares,
+)
+from jaxdiff.refine.params import GROUPS, a_matrix, lattice_cell, misorientation
+
+__all__ = [
+    "DEFAULT_SCHEDULE",
+    "GROUPS",
+    "LOSSES",
+    "RefineResult",
+    "Stage",
+    "StepInfo",
+    "a_matrix",
+    "broaden",
+    "default_optimizer",
+    "dilate",
+    "lattice_cell",
+    "misorientation",
+    "poisson_nll",
+    "refine",
+    "spot_pixels",
+    "valid_pixels",
+    "weighted_least_squares",
+]
