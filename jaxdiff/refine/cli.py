@@ -1,0 +1,347 @@
+"""``jaxdiff-refine``: fit a model, given as nanoBragg flags, to an observed image.
+
+    jaxdiff-refine --observed IMAGE [options] -- NANOBRAGG FLAGS
+
+The observed image is an SMV file (its ADC offset, nanoBragg's -adc, is subtracted and
+overloaded pixels are left out), a raw float32 file of photons with the detector size the flags
+give, or an HDF5 file (``--dataset``, default /entry/data/data as jaxdiff writes it, else the
+first image-sized dataset; ``--frame`` picks one image of a stack). The fit starts from the
+model the flags describe. It writes the fitted MOSFLM A matrix and a JSON report, prints a line
+per optimiser step, and can draw a PNG picture. A user's mistake prints one message and exits
+with status 2, writing nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from jaxdiff.errors import InputError
+
+_PNG = b"\x89PNG"
+_HDF5 = b"\x89HDF\r\n\x1a\n"
+_DEFAULT_DATASET = "entry/data/data"
+_SMV_SATURATION = 65535.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="jaxdiff-refine",
+        description="Fit crystal orientation (and optionally more) to an observed image.",
+        epilog="Everything after the options (or after --) is the model's nanoBragg flags.",
+        allow_abbrev=False,
+    )
+    p.add_argument("--observed", required=True, help="observed image: SMV, raw float32 or HDF5")
+    p.add_argument("--dataset", help="HDF5 dataset holding the image(s)")
+    p.add_argument("--frame", type=int, default=0, help="image of an HDF5 stack (default 0)")
+    p.add_argument(
+        "--adc",
+        type=float,
+        help="counts to subtract from the observed image (default: the flags' -adc, 40, for "
+        "SMV; 0 otherwise)",
+    )
+    p.add_argument(
+        "--fit",
+        default="rotation,scale",
+        help="parameter groups, comma-separated: rotation, cell, ncells, scale, distance, "
+        "beam_centre (default rotation,scale)",
+    )
+    p.add_argument("--loss", default="poisson", choices=("poisson", "lsq"))
+    p.add_argument(
+        "--background", type=float, default=0.01, help="photons per pixel added to the model"
+    )
+    p.add_argument(
+        "--coarse",
+        default="0.25,0.5",
+        help="Ncells factors of the broadened stages before the real model ('' for none)",
+    )
+    p.add_argument("--steps", type=int, default=100, help="most steps of the final stage")
+    p.add_argument("--matrix", default="refined.mat", help="fitted A matrix (MOSFLM format)")
+    p.add_argument("--report", default="refine.json", help="JSON report")
+    p.add_argument("--picture", help="PNG picture: loss curve and spots, observed vs model")
+    p.add_argument("--quiet", action="store_true", help="no line per step")
+    return p
+
+
+_OWN = {a for action in _parser()._actions for a in action.option_strings}
+_SWITCHES = {"--quiet", "-h", "--help"}
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(jaxdiff-refine's options, the nanoBragg flags): our options are picked out wherever
+    they are; everything after a lone ``--`` belongs to the model."""
+    own, model = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            model.extend(argv[i + 1 :])
+            break
+        name = arg.split("=", 1)[0]
+        if name in _OWN:
+            own.append(arg)
+            if "=" not in arg and name not in _SWITCHES and i + 1 < len(argv):
+                own.append(argv[i + 1])
+                i += 1
+        else:
+            model.append(arg)
+        i += 1
+    return own, model
+
+
+def _hdf5_image(path: str, dataset: str | None, frame: int, shape: tuple[int, int]):
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if dataset is None:
+                if _DEFAULT_DATASET in f:
+                    dataset = _DEFAULT_DATASET
+                else:
+                    found = []
+                    f.visititems(
+                        lambda name, obj: (
+                            found.append(name)
+                            if isinstance(obj, h5py.Dataset) and tuple(obj.shape[-2:]) == shape
+                            else None
+                        )
+                    )
+                    if not found:
+                        raise InputError(
+                            f"{path}: no dataset of {shape[0]}x{shape[1]} (slow x fast) pixels; "
+                            "name one with --dataset"
+                        )
+                    dataset = found[0]
+            if dataset not in f or not isinstance(f[dataset], h5py.Dataset):
+                raise InputError(f"--dataset: {path} has no dataset {dataset!r}")
+            data = f[dataset]
+            if data.ndim == 3:
+                if not 0 <= frame < data.shape[0]:
+                    raise InputError(
+                        f"--frame: {path}:{dataset} holds {data.shape[0]} images, no image {frame}"
+                    )
+                return np.asarray(data[frame], dtype=np.float64)
+            if data.ndim != 2:
+                raise InputError(f"{path}:{dataset}: expected an image, found shape {data.shape}")
+            return np.asarray(data[()], dtype=np.float64)
+    except OSError as err:
+        raise InputError(f"{path}: cannot read HDF5 ({err})") from None
+
+
+def read_observed(path: str, shape: tuple[int, int], args, adc_default: float):
+    """(photons per pixel, fit mask, format name) of the observed image."""
+    from jaxdiff.io import read_float_image, read_smv
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"--observed: {path}: no such file")
+    with open(p, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"{"):
+        _, counts = read_smv(p)
+        kind, adc, saturation = "smv", adc_default if args.adc is None else args.adc, True
+        image = counts.astype(np.float64)
+    elif head.startswith(_HDF5):
+        image = _hdf5_image(path, args.dataset, args.frame, shape)
+        kind, adc, saturation = "hdf5", args.adc or 0.0, False
+    elif head.startswith(_PNG):
+        raise InputError(f"--observed: {path} is a PNG; give SMV, raw float32 or HDF5")
+    else:
+        image = read_float_image(p, shape).astype(np.float64)
+        kind, adc, saturation = "float", args.adc or 0.0, False
+    if image.shape != shape:
+        raise InputError(
+            f"--observed: {path} has {image.shape[1]}x{image.shape[0]} pixels, but the flags "
+            f"describe a {shape[1]}x{shape[0]} detector"
+        )
+    use = np.isfinite(image)
+    if saturation:
+        use &= image < _SMV_SATURATION
+    return np.where(use, image - adc, 0.0), use, kind, adc
+
+
+def _schedule(coarse: str, steps: int):
+    from jaxdiff.refine.driver import Stage
+
+    factors = []
+    for token in filter(None, (t.strip() for t in coarse.split(","))):
+        try:
+            value = float(token)
+        except ValueError:
+            raise InputError(f"--coarse: {token!r} is not a number") from None
+        if not 0.0 < value <= 1.0:
+            raise InputError(f"--coarse: factors must be in (0, 1], got {value:g}")
+        factors.append(value)
+    if steps < 1:
+        raise InputError(f"--steps: must be at least 1, got {steps}")
+    stages = [Stage(steps=25, ncells_factor=f, xtol=1e-2) for f in factors]
+    return (*stages, Stage(steps=steps, xtol=1e-3))
+
+
+def matrix_text(a: np.ndarray) -> str:
+    """The A matrix in MOSFLM's layout: three rows, columns a*, b*, c* (× λ)."""
+    return "".join(" ".join(f"{v:16.12f}" for v in row) + "\n" for row in a)
+
+
+def _check_output(path: str | None, flag: str) -> None:
+    """Fail before the fit, not after it, when an output cannot be written."""
+    if path is None:
+        return
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise InputError(f"{flag}: {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"{flag}: {path}: folder {folder} is not writable")
+    if Path(path).is_dir():
+        raise InputError(f"{flag}: {path} is a folder")
+
+
+def _listify(values: dict) -> dict:
+    return {k: np.asarray(v).tolist() for k, v in values.items()}
+
+
+def run(argv: list[str]) -> int:
+    """Parse, fit, write the A matrix, the report and the picture; returns the exit status."""
+    own, flags = split_argv(argv)
+    args = _parser().parse_args(own)
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    from jaxdiff.experiment import build
+    from jaxdiff.io import atomic_output
+    from jaxdiff.refine.driver import refine
+    from jaxdiff.refine.params import GROUPS, misorientation
+    from jaxdiff.simulate import simulate
+
+    groups = [g.strip() for g in args.fit.split(",") if g.strip()]
+    for g in groups:
+        if g not in GROUPS:
+            raise InputError(f"--fit: unknown group {g!r}; choose from {', '.join(GROUPS)}")
+    if not groups:
+        raise InputError("--fit: give at least one parameter group")
+    if args.background < 0.0 or not math.isfinite(args.background):
+        raise InputError(f"--background: must be a non-negative number, got {args.background:g}")
+    if args.loss == "poisson" and args.background == 0.0:
+        raise InputError("--background: the Poisson loss needs a positive background")
+    schedule = _schedule(args.coarse, args.steps)
+    for path, flag in (
+        (args.matrix, "--matrix"),
+        (args.report, "--report"),
+        (args.picture, "--picture"),
+    ):
+        _check_output(path, flag)
+    if not flags:
+        raise InputError("no model: give the nanoBragg flags that describe it")
+    setup = build(flags)
+    cfg = setup.config
+    observed, usable, kind, adc = read_observed(
+        args.observed, (cfg.spixels, cfg.fpixels), args, setup.options.adc_offset
+    )
+    print(
+        f"jaxdiff-refine: {kind} image {args.observed}, {cfg.spixels}x{cfg.fpixels} pixels; "
+        f"fitting {', '.join(groups)} ({args.loss} loss, {len(schedule)} stages)"
+    )
+
+    def progress(info):
+        if not args.quiet:
+            print(
+                f"stage {info.stage + 1}/{len(schedule)} step {info.step + 1:3d}  "
+                f"loss {info.loss:.8g}  ({info.seconds:.1f} s)",
+                flush=True,
+            )
+
+    try:
+        result = refine(
+            setup,
+            observed,
+            fit=groups,
+            loss=args.loss,
+            background=args.background,
+            mask=usable,
+            schedule=schedule,
+            progress=progress,
+        )
+    except ValueError as err:
+        raise InputError(f"{args.observed}: {err}") from None
+    start_rot = np.asarray(setup.experiment.crystal.rotation)
+    fitted = result.experiments[0]
+    turned = float(misorientation(fitted.crystal.rotation, setup.experiment.crystal.rotation))
+    print(
+        f"done in {result.seconds:.1f} s: loss {result.initial_loss:.6g} -> "
+        f"{result.final_loss:.6g}; orientation moved {math.degrees(turned):.4f} deg"
+    )
+    a = result.a_matrices[0]
+    report = {
+        "observed": str(args.observed),
+        "format": kind,
+        "adc_offset": adc,
+        "model_flags": flags,
+        "fit": groups,
+        "loss": args.loss,
+        "background": args.background,
+        "schedule": [s._asdict() for s in schedule],
+        "pixels_fitted": int(np.sum(usable)),
+        "start": {"rotation_rad": start_rot.tolist()},
+        "fitted": _listify(result.values),
+        "rotation_change_deg": math.degrees(turned),
+        "a_matrix": a.tolist(),
+        "initial_loss": result.initial_loss,
+        "final_loss": result.final_loss,
+        "steps": len(result.history),
+        "seconds": result.seconds,
+        "history": result.history.tolist(),
+        "stages": result.stages.tolist(),
+        "units": {
+            "rotation": "rad (rotation vector applied after the misset)",
+            "cell": "angstrom, rad",
+            "distance": "m",
+            "beam_centre": "m (fast, slow)",
+            "a_matrix": "columns a*, b*, c* in 1/angstrom times the wavelength in angstrom",
+            "loss": "per fitted pixel",
+        },
+    }
+    picture = None
+    if args.picture:
+        from jaxdiff.refine.picture import fit_picture
+
+        model_start = np.asarray(simulate(setup.experiment, cfg))
+        model_fit = np.asarray(simulate(fitted, result.configs[0]))
+        picture = fit_picture(
+            result.history, result.stages, observed, model_start, model_fit, mask=usable
+        )
+    with atomic_output(args.matrix) as tmp:
+        tmp.write_text(matrix_text(a))
+    with atomic_output(args.report) as tmp:
+        tmp.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {args.matrix} and {args.report}")
+    if picture is not None:
+        from jaxdiff.refine.picture import write_png
+
+        write_png(args.picture, picture)
+        print(f"wrote {args.picture}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``jaxdiff-refine`` command."""
+    argv = sys.argv[1:] if argv is None else argv
+    start = time.perf_counter()
+    try:
+        status = run(argv)
+    except InputError as err:
+        print(f"jaxdiff-refine: error: {err}", file=sys.stderr)
+        return 2
+    if status == 0:
+        print(f"total {time.perf_counter() - start:.1f} s")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
