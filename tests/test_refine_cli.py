@@ -1,0 +1,178 @@
+"""The ``jaxdiff-refine`` command: fits from SMV (noisy, with ADC offset and overloads), raw float
+and HDF5 observations, its outputs (MOSFLM A matrix, JSON report, PNG picture), and one message
+with exit status 2 and no output file for each kind of bad input.
+
+The observed images come from the ``jaxdiff`` command on the A.mat crystal; the model starts
+from the same flags with a misset of a few tenths of a degree (as in test_refine.py, so the
+compiled fit is shared).
+"""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_refine import FLAGS, INPUTS, MISSET, TOLERANCE_DEG, orientation_error_deg
+
+from jaxdiff import cli as simulate_cli
+from jaxdiff.flags import Options
+from jaxdiff.io import read_float_image, read_mosflm_matrix, read_smv
+from jaxdiff.refine.cli import main, split_argv
+from jaxdiff.rotation import rotate_xyz
+
+OUTPUTS = ("refined.mat", "refine.json", "fit.png")
+DEFAULT_FLUENCE = Options().fluence
+BRIGHTER = 20.0
+
+
+@pytest.fixture(scope="module")
+def observed(tmp_path_factory):
+    """A folder with inputs/, the noisy SMV image obs.img and the noise-free obs.bin, both at
+    a fluence ``BRIGHTER`` times the model's (the strongest pixels overload the SMV image)."""
+    cwd = tmp_path_factory.mktemp("refine_cli")
+    (cwd / "inputs").symlink_to(INPUTS)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        status = simulate_cli.main(
+            [*FLAGS, "-floatfile", "obs.bin", "-intfile", "int.img", "-noisefile", "obs.img"]
+            + ["-seed", "5", "-fluence", str(BRIGHTER * DEFAULT_FLUENCE)]
+        )
+    assert status == 0
+    return cwd
+
+
+@pytest.fixture
+def run(observed, monkeypatch):
+    monkeypatch.chdir(observed)
+    for name in OUTPUTS:
+        (observed / name).unlink(missing_ok=True)
+
+    def call(*args):
+        return main(list(args))
+
+    return call
+
+
+def fitted_error(folder) -> float:
+    a_fit = np.stack(read_mosflm_matrix(folder / "refined.mat"), axis=1)
+    return orientation_error_deg(a_fit, np.loadtxt(INPUTS / "A.mat"))
+
+
+def test_fit_from_a_noisy_smv_image(run, observed, capsys):
+    status = run("--observed", "obs.img", "--picture", "fit.png", "--", *FLAGS, *MISSET)
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "stage 1/3 step   1" in out and "wrote refined.mat and refine.json" in out
+    assert fitted_error(observed) < TOLERANCE_DEG
+    report = json.loads((observed / "refine.json").read_text())
+    assert report["format"] == "smv" and report["adc_offset"] == 40.0
+    assert report["fit"] == ["rotation", "scale"]
+    assert report["final_loss"] < report["initial_loss"]
+    assert len(report["history"]) == report["steps"] == len(report["stages"])
+    # The fitted rotation undoes the misset.
+    misset = np.radians([float(v) for v in MISSET[1:]])
+    turn = np.asarray(rotate_xyz(jnp.eye(3), *misset))
+    assert report["rotation_change_deg"] == pytest.approx(
+        orientation_error_deg(turn, np.eye(3)), abs=TOLERANCE_DEG
+    )
+    np.testing.assert_allclose(
+        np.asarray(report["a_matrix"]), np.loadtxt(observed / "refined.mat"), atol=1e-12
+    )
+    # Overloaded pixels (65535 counts) are left out of the fit; the scale takes up the
+    # brighter exposure.
+    overloads = int(np.sum(read_smv(observed / "obs.img")[1] == 65535))
+    assert overloads > 0 and report["pixels_fitted"] == 96 * 96 - overloads
+    assert report["fitted"]["scale"][0] == pytest.approx(BRIGHTER, rel=0.01)
+    assert (observed / "fit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fit_from_raw_float_and_hdf5(run, observed):
+    assert run("--observed", "obs.bin", "--quiet", "--", *FLAGS, *MISSET) == 0
+    # Noise-free: the fit is limited by the optimiser's tolerance only.
+    assert fitted_error(observed) < 1e-4
+    image = read_float_image(observed / "obs.bin", (96, 96))
+    with h5py.File(observed / "obs.h5", "w") as f:
+        f["entry/data/data"] = image[None]
+        f["stack"] = np.stack([np.zeros_like(image), image])
+    (observed / "refined.mat").unlink()
+    assert run("--observed", "obs.h5", "--quiet", "--", *FLAGS, *MISSET) == 0
+    assert fitted_error(observed) < 1e-4
+    (observed / "refined.mat").unlink()
+    args = ("--observed", "obs.h5", "--dataset", "stack", "--frame", "1", "--quiet")
+    assert run(*args, "--", *FLAGS, *MISSET) == 0
+    assert fitted_error(observed) < 1e-4
+    assert json.loads((observed / "refine.json").read_text())["format"] == "hdf5"
+
+
+def test_options_can_be_mixed_with_the_model_flags():
+    own, model = split_argv(["-mat", "A.mat", "--observed", "x.img", "-N", "5", "--quiet"])
+    assert own == ["--observed", "x.img", "--quiet"]
+    assert model == ["-mat", "A.mat", "-N", "5"]
+    own, model = split_argv(["--fit=rotation", "--", "--dtype", "float32"])
+    assert own == ["--fit=rotation"] and model == ["--dtype", "float32"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--observed", "missing.img"), "missing.img: no such file"),
+        (("--observed", "obs.img", "--fit", "rotation,twist"), "--fit: unknown group 'twist'"),
+        (("--observed", "obs.img", "--coarse", "0.5,x"), "--coarse: 'x' is not a number"),
+        (("--observed", "obs.img", "--coarse", "2"), "--coarse: factors must be in (0, 1]"),
+        (("--observed", "obs.img", "--background", "0"), "needs a positive background"),
+        (("--observed", "obs.img", "--matrix", "nowhere/x.mat"), "--matrix: nowhere/x.mat"),
+        (("--observed", "obs.img", "--steps", "0"), "--steps: must be at least 1"),
+        (("--observed", "obs.img", "-frobnicate"), "-frobnicate: unknown option"),
+        (
+            (
+                "--observed",
+                "int.img",
+                "--",
+                "-mat",
+                "inputs/A.mat",
+                "-default_F",
+                "1",
+                "-detpixels",
+                "64",
+            ),
+            "int.img has 96x96 pixels, but the flags describe a 64x64",
+        ),
+        (
+            (
+                "--observed",
+                "obs.bin",
+                "--",
+                "-mat",
+                "inputs/A.mat",
+                "-default_F",
+                "1",
+                "-detpixels",
+                "64",
+            ),
+            "expected 16384 bytes",
+        ),
+        (("--observed", "obs.h5", "--dataset", "nope"), "--dataset: obs.h5 has no dataset"),
+        (("--observed", "obs.h5", "--dataset", "stack", "--frame", "2"), "--frame: obs.h5"),
+        (("--observed", "fit.png"), "is a PNG"),
+    ],
+)
+def test_bad_input_gives_one_message_and_status_2(run, observed, capsys, args, message):
+    (observed / "fit.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    if not (observed / "obs.h5").exists():
+        with h5py.File(observed / "obs.h5", "w") as f:
+            f["stack"] = np.zeros((2, 96, 96))
+    if "--" not in args:
+        args = (*args, "--", *FLAGS)
+    assert run(*args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("jaxdiff-refine: error: ") and message in err
+    assert len(err.splitlines()) == 1
+    assert not (observed / "refined.mat").exists() and not (observed / "refine.json").exists()
+
+
+def test_no_model_flags(run, capsys):
+    assert run("--observed", "obs.img") == 2
+    assert "no model" in capsys.readouterr().err
