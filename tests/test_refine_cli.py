@@ -173,6 +173,9 @@ def test_bad_input_gives_one_message_and_status_2(run, observed, capsys, args, m
     assert not (observed / "refined.mat").exists() and not (observed / "refine.json").exists()
 
 
-def test_no_model_flags(run, capsys):
+def test_no_model_flags_and_no_observed_image(run, capsys):
     assert run("--observed", "obs.img") == 2
     assert "no model" in capsys.readouterr().err
+    assert run("--", *FLAGS) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "jaxdiff-refine: error: the following arguments are required: --observed"

@@ -31,9 +31,17 @@ _DEFAULT_DATASET = "entry/data/data"
 _SMV_SATURATION = 65535.0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its complaints raised as :class:`InputError` (one line, status 2)."""
+
+    def error(self, message: str):
+        raise InputError(message)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="jaxdiff-refine",
+        usage="jaxdiff-refine --observed IMAGE [options] [--] NANOBRAGG_FLAGS ...",
         description="Fit crystal orientation (and optionally more) to an observed image.",
         epilog="Everything after the options (or after --) is the model's nanoBragg flags.",
         allow_abbrev=False,
