@@ -114,7 +114,7 @@ def test_changing_values_does_not_recompile(truth, fitted):
     assert sizes == dict.fromkeys(fitter._fields, 1)
 
 
-def test_two_images_share_the_cell_and_keep_their_orientations(tmp_path_factory):
+def test_two_images_share_the_cell_and_ncells_and_keep_their_orientations(tmp_path_factory):
     cwd = workdir(tmp_path_factory)
     rng = np.random.default_rng(4)
     observed, starts, true_a = [], [], []
@@ -133,7 +133,10 @@ def test_two_images_share_the_cell_and_keep_their_orientations(tmp_path_factory)
         starts.append(dataclasses.replace(exp, crystal=wrong))
     true_cell = lattice_cell(exp.crystal, cfg)
     assert np.max(np.abs(lattice_cell(starts[0].crystal, cfg)[:3] / true_cell[:3] - 1)) > 3e-3
-    result = refine(starts, observed, config=cfg, fit=("rotation", "cell", "scale"))
+    # Least squares, and Ncells fitted too (held while spots are broadened).
+    groups = ("rotation", "cell", "ncells", "scale")
+    result = refine(starts, observed, config=cfg, fit=groups, loss="lsq")
+    np.testing.assert_allclose(result.values["ncells"], 6.0, rtol=1e-3)
     np.testing.assert_allclose(result.values["cell"][:3], true_cell[:3], rtol=3e-5)
     np.testing.assert_allclose(result.values["cell"][3:], true_cell[3:], atol=5e-5)
     assert result.a_matrices.shape == (2, 3, 3)

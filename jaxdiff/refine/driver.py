@@ -5,7 +5,9 @@ A Bragg spot is narrow: a model spot that misses its observed spot sees no gradi
 it. The schedule therefore starts with broadened spots (fewer unit cells, or a larger mosaic
 spread when the experiment has several mosaic domains), where model and observed spots overlap
 even from a misorientation of several tenths of a degree, and ends with the real model. The
-optimiser's state restarts at each stage because the loss changes.
+optimiser's state restarts at each stage because the loss changes. While spots are broadened,
+Ncells and the scale are held (the scale at the value that matches the observed total): fitted
+there, Ncells would undo the broadening and the scale would fade the mismatched model.
 """
 
 from __future__ import annotations
@@ -230,8 +232,9 @@ def make_fitter(configs: tuple[SimConfig, ...], loss: str, optimizer) -> Fitter:
     * ``prepare(x0, data, ncells_factor, mosaic_factor)`` gives d and, per image, the log of
       the factor on its model that makes its total equal the observed counts (the Poisson
       optimum of the scale alone, without background; d is given for that scale).
-    * ``step(z, state, x0, d, data, ncells_factor, mosaic_factor)`` returns the new z, state
-      and the loss per fitted pixel at the z it was given.
+    * ``step(z, state, x0, d, free, data, ncells_factor, mosaic_factor)`` returns the new z,
+      state and the loss per fitted pixel at the z it was given; ``free`` is 1 for the elements
+      this stage fits and 0 for those it holds.
     * ``loss(offsets, data, ncells_factor, mosaic_factor)`` is the loss per fitted pixel.
     """
     _, total, fisher = make_model(configs, loss)
@@ -245,13 +248,15 @@ def make_fitter(configs: tuple[SimConfig, ...], loss: str, optimizer) -> Fitter:
         return jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=x.dtype), state)
 
     @jax.jit
-    def step(z, state, x0, d, data, ncells_factor, mosaic_factor):
+    def step(z, state, x0, d, free, data, ncells_factor, mosaic_factor):
         flat0, unravel = ravel_pytree(x0)
 
         # The unnormalised loss: in z its Hessian is about the identity, so the first step,
-        # -gradient, is already a diagonal Gauss-Newton step.
+        # -gradient, is already a diagonal Gauss-Newton step. Held elements (free = 0) have
+        # zero gradient and so never move.
         def fn(v):
-            return total(unravel(flat0 + v / d), data, ncells_factor, mosaic_factor) * data.norm
+            x = unravel(flat0 + free * v / d)
+            return total(x, data, ncells_factor, mosaic_factor) * data.norm
 
         if optax.tree.get(state, "value") is not None:
             value, grad = optax.value_and_grad_from_state(fn)(z, state=state)
@@ -390,12 +395,17 @@ def refine(
         d, log_ratio = fitter.prepare(offsets, data, nf, mf)
         if "scale" in offsets:
             offsets = {**offsets, "scale": offsets["scale"] + log_ratio}
+        broadened = stage.ncells_factor != 1.0 or stage.mosaic_factor != 1.0
+        held = ("ncells", "scale") if broadened else ()
+        free, _ = ravel_pytree(
+            {g: jnp.full(v.shape, 0.0 if g in held else 1.0, dtype) for g, v in offsets.items()}
+        )
         flat0, unravel = ravel_pytree(offsets)
         z = jnp.zeros_like(flat0)
         state = fitter.init(z)
         small = 0
         for k in range(stage.steps):
-            new, state, value = fitter.step(z, state, offsets, d, data, nf, mf)
+            new, state, value = fitter.step(z, state, offsets, d, free, data, nf, mf)
             moved = float(jnp.max(jnp.abs(new - z)))
             z = new
             history.append(float(value))
@@ -405,7 +415,7 @@ def refine(
             small = small + 1 if moved < stage.xtol else 0
             if small >= 2:
                 break
-        offsets = unravel(flat0 + z / d)
+        offsets = unravel(flat0 + free * z / d)
     final_loss = float(fitter.loss(offsets, data, one, one))
     fitted = tuple(
         apply_offsets(offsets, e, i, c.from_cell)
