@@ -144,7 +144,7 @@ def _hdf5_image(path: str, dataset: str | None, frame: int, shape: tuple[int, in
 
 
 def read_observed(path: str, shape: tuple[int, int], args, adc_default: float):
-    """(photons per pixel, fit mask, format name) of the observed image."""
+    """(photons per pixel, pixels to fit, format name, ADC offset subtracted) of the image."""
     from jaxdiff.io import read_float_image, read_smv
 
     p = Path(path)
@@ -176,7 +176,7 @@ def read_observed(path: str, shape: tuple[int, int], args, adc_default: float):
 
 
 def _schedule(coarse: str, steps: int):
-    from jaxdiff.refine.driver import Stage
+    from jaxdiff.refine.driver import DEFAULT_SCHEDULE
 
     factors = []
     for token in filter(None, (t.strip() for t in coarse.split(","))):
@@ -189,8 +189,9 @@ def _schedule(coarse: str, steps: int):
         factors.append(value)
     if steps < 1:
         raise InputError(f"--steps: must be at least 1, got {steps}")
-    stages = [Stage(steps=25, ncells_factor=f, xtol=1e-2) for f in factors]
-    return (*stages, Stage(steps=steps, xtol=1e-3))
+    coarse_stage, final_stage = DEFAULT_SCHEDULE[0], DEFAULT_SCHEDULE[-1]
+    stages = [coarse_stage._replace(ncells_factor=f) for f in factors]
+    return (*stages, final_stage._replace(steps=steps))
 
 
 def matrix_text(a: np.ndarray) -> str:
