@@ -114,19 +114,33 @@ def safe_unit(v: Array) -> Array:
     return jnp.where(zero, 0.0, v / jnp.sqrt(jnp.where(zero, 1.0, sq)))
 
 
-def polarization_factor(kahn: Array, incident: Array, diffracted: Array, axis: Array) -> Array:
-    """Polarization factor for unit ``incident`` and ``diffracted`` (nanoBragg
-    ``polarization_factor``); cos 2ψ is formed without atan2 so it has no singular gradient."""
-    cos2t = jnp.sum(incident * diffracted, axis=-1)
-    cos2t_sq = cos2t * cos2t
+def polarization_basis(incident: Array, axis: Array) -> tuple[Array, Array]:
+    """The E- and B-directions of an incident beam polarized nearest to ``axis``."""
     b_in = safe_unit(jnp.cross(axis, incident))
     e_in = safe_unit(jnp.cross(incident, b_in))
-    e_out = jnp.sum(diffracted * e_in, axis=-1)
-    b_out = jnp.sum(diffracted * b_in, axis=-1)
+    return e_in, b_in
+
+
+def polarization_from_projections(kahn: Array, cos2t: Array, e_out: Array, b_out: Array) -> Array:
+    """Polarization factor from cos 2θ and the diffracted ray's E and B components; cos 2ψ is
+    formed without atan2 so it has no singular gradient."""
+    cos2t_sq = cos2t * cos2t
     r2 = e_out * e_out + b_out * b_out
     zero = r2 == 0.0
     cos_2psi = jnp.where(zero, 1.0, (e_out * e_out - b_out * b_out) / jnp.where(zero, 1.0, r2))
     return 0.5 * (1.0 + cos2t_sq - kahn * cos_2psi * (1.0 - cos2t_sq))
+
+
+def polarization_factor(kahn: Array, incident: Array, diffracted: Array, axis: Array) -> Array:
+    """Polarization factor for unit ``incident`` and ``diffracted`` (nanoBragg
+    ``polarization_factor``)."""
+    e_in, b_in = polarization_basis(incident, axis)
+    return polarization_from_projections(
+        kahn,
+        jnp.sum(incident * diffracted, axis=-1),
+        jnp.sum(diffracted * e_in, axis=-1),
+        jnp.sum(diffracted * b_in, axis=-1),
+    )
 
 
 def energy_to_wavelength(energy_ev: float) -> float:

@@ -56,7 +56,7 @@ class SimConfig:
     water_size: float = 0.0
     carryover: str = "spec"
     dtype: str = "float64"
-    chunk: int = 1 << 16
+    chunk: int = 1 << 18
 
     def __post_init__(self):
         if self.carryover not in CARRYOVER_MODES:

@@ -106,7 +106,24 @@ def pixel_positions(
     beam_direction: Array,
     curved: bool,
 ) -> Array:
-    """Positions [m] of sub-pixel centres: (..., layers, oversample², 3) for pixels (...,).
+    """Positions [m] of sub-pixel centres: (P, layers, oversample², 3) for pixels (P,)."""
+    x, y, z = pixel_position_components(
+        geom, spixel, fpixel, oversample, depths, pixel_size, beam_direction, curved
+    )
+    return jnp.moveaxis(jnp.stack([x, y, z], axis=-1), -2, 0)
+
+
+def pixel_position_components(
+    geom: DetectorGeometry,
+    spixel: Array,
+    fpixel: Array,
+    oversample: int,
+    depths: Array,
+    pixel_size: Array,
+    beam_direction: Array,
+    curved: bool,
+) -> tuple[Array, Array, Array]:
+    """x, y, z [m] of sub-pixel centres, each (layers, oversample², P) for pixels (P,).
 
     ``depths`` is each sensor layer's depth along the normal [m]. With ``curved`` every
     sub-pixel is put at ``distance`` from the sample, its in-plane coordinates taken as angles
@@ -114,19 +131,19 @@ def pixel_positions(
     """
     sub = pixel_size / oversample
     idx = subpixel_index(oversample).astype(pixel_size.dtype)
-    s_det = sub * (spixel[..., None] * oversample + idx[:, 0]) + sub / 2.0
-    f_det = sub * (fpixel[..., None] * oversample + idx[:, 1]) + sub / 2.0
-    pos = (
-        f_det[..., None, :, None] * geom.fast
-        + s_det[..., None, :, None] * geom.slow
-        + depths[:, None, None] * geom.normal
-        + geom.pix0
+    s_det = sub * (spixel * oversample + idx[:, 0, None]) + sub / 2.0  # (Sub, P)
+    f_det = sub * (fpixel * oversample + idx[:, 1, None]) + sub / 2.0
+    o_det = depths[:, None, None]
+    comps = tuple(
+        f_det * geom.fast[i] + s_det * geom.slow[i] + o_det * geom.normal[i] + geom.pix0[i]
+        for i in range(3)
     )
     if curved:
         start = geom.distance * beam_direction
-        turned = rotate_axis(start, geom.slow, pos[..., 1] / geom.distance)
-        pos = rotate_axis(turned, geom.fast, pos[..., 2] / geom.distance)
-    return pos
+        turned = rotate_axis(start, geom.slow, comps[1] / geom.distance)
+        pos = rotate_axis(turned, geom.fast, comps[2] / geom.distance)
+        comps = (pos[..., 0], pos[..., 1], pos[..., 2])
+    return comps
 
 
 def solid_angle(pixel_size: Array, airpath: Array, close_distance: Array, point: bool) -> Array:
@@ -141,5 +158,10 @@ def capture_fraction(
 ) -> Array:
     """Fraction of photons absorbed in sensor layer ``layer`` along ``diffracted``."""
     parallax = jnp.sum(diffracted * normal, axis=-1)
+    return capture_from_parallax(layer, layer_thickness, mu, parallax)
+
+
+def capture_from_parallax(layer: Array, layer_thickness: Array, mu: Array, parallax: Array):
+    """Absorbed fraction in layer ``layer`` for a ray with cosine ``parallax`` to the normal."""
     depth = layer_thickness * mu / parallax
     return jnp.exp(-layer * depth) - jnp.exp(-(layer + 1) * depth)

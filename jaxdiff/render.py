@@ -16,17 +16,17 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiff import physics
-from jaxdiff.beam import polarization_factor
+from jaxdiff.beam import polarization_basis, polarization_from_projections
 from jaxdiff.config import SimConfig
-from jaxdiff.detector import capture_fraction, pixel_positions, solid_angle
+from jaxdiff.detector import capture_from_parallax, pixel_position_components, solid_angle
 
 
 def _geometry(sh, exp, cfg: SimConfig, spix, fpix, rendered):
-    """Per (layer·sub-pixel·source, pixel) quantities; the pixel axis last."""
+    """Per (layer·sub-pixel·source, pixel) quantities, component by component, pixels last."""
     det = exp.detector
     dtype = spix.dtype
     wide = sh.geom.pix0.dtype
-    pos = pixel_positions(
+    x, y, z = pixel_position_components(
         sh.geom,
         spix.astype(wide),
         fpix.astype(wide),
@@ -35,49 +35,55 @@ def _geometry(sh, exp, cfg: SimConfig, spix, fpix, rendered):
         sh.pixel_size,
         sh.beam_dir,
         cfg.curved,
-    )  # (P, L, Sub, 3)
-    airpath = jnp.sqrt(jnp.sum(pos * pos, axis=-1))
-    diffracted = pos / airpath[..., None]
-    scattering = (diffracted[..., None, :] - sh.incident) / sh.wavelengths[:, None]
-    geom = jax.tree_util.tree_map(lambda x: x.astype(dtype), sh.geom)
-    omega = solid_angle(det.pixel_size, airpath.astype(dtype), geom.close_distance, cfg.point_pixel)
+    )  # each (L, Sub, P)
+    airpath = jnp.sqrt(x * x + y * y + z * z)
+    d = (x / airpath, y / airpath, z / airpath)
+    inc, lam = sh.incident, sh.wavelengths  # (Src, 3), (Src,)
+    # scattering vector per (L, Sub, Src, P), in the wide precision, then the run's dtype
+    s = tuple(((d[i][:, :, None, :] - inc[:, i, None]) / lam[:, None]) for i in range(3))
+    normal = sh.geom.normal.astype(dtype)
+    d_run = tuple(c.astype(dtype) for c in d)
+    omega = solid_angle(
+        det.pixel_size, airpath.astype(dtype), sh.geom.close_distance.astype(dtype), cfg.point_pixel
+    )
     if cfg.absorption or cfg.oversample_thick:
         # without a sensor thickness nanoBragg's -oversample_thick still recomputes the
         # capture fraction, exp(0) - exp(0) = 0, and so renders an empty image
-        capture = capture_fraction(
-            sh.layers[:, None],
-            det.layer_thickness,
-            det.mu,
-            diffracted.astype(dtype),
-            geom.normal,
+        parallax = d_run[0] * normal[0] + d_run[1] * normal[1] + d_run[2] * normal[2]
+        capture = capture_from_parallax(
+            sh.layers[:, None, None], det.layer_thickness, det.mu, parallax
         )
     else:
         capture = jnp.ones_like(omega)
     if cfg.dmin > 0.0:
-        stol = 0.5 * jnp.sqrt(jnp.sum(scattering * scattering, axis=-1))
+        stol = 0.5 * jnp.sqrt(s[0] * s[0] + s[1] * s[1] + s[2] * s[2])
         passes = ~((stol > 0.0) & (cfg.dmin > 0.5 / jnp.where(stol > 0.0, stol, 1.0)))
     else:
-        passes = jnp.ones(scattering.shape[:-1], dtype=bool)
-    passes = passes & rendered[:, None, None, None]
-    polar = polarization_factor(
-        exp.beam.polarization,
-        sh.incident.astype(dtype),
-        diffracted.astype(dtype)[..., None, :],
-        exp.beam.polar_vector,
-    )
+        passes = jnp.ones(s[0].shape, dtype=bool)
+    passes = passes & rendered
+    inc_run = inc.astype(dtype)
+    e_in, b_in = polarization_basis(inc_run, exp.beam.polar_vector)
+
+    def dot(vec):  # d · vec for each source: (L, Sub, Src, P)
+        return sum(d_run[i][:, :, None, :] * vec[:, i, None] for i in range(3))
+
+    polar = polarization_from_projections(exp.beam.polarization, dot(inc_run), dot(e_in), dot(b_in))
     p = spix.shape[0]
-    # (P, L, Sub, Src, ...) -> (..., Q, P) with Q = L·Sub·Src in the C program's loop order
-    svec = jnp.moveaxis(scattering.astype(dtype).reshape(p, -1, 3), 0, -1)  # (Q, 3, P)
-    n_src = sh.incident.shape[0]
-    per_q = lambda x: jnp.repeat(x, n_src, axis=-1) if x.ndim == 3 else x  # noqa: E731
+    n_src = inc.shape[0]
+
+    def per_q(a):  # (L, Sub[, Src], P) -> (Q, P) with Q = L·Sub·Src in loop order
+        if a.ndim == 3:
+            a = jnp.broadcast_to(a[:, :, None, :], (*a.shape[:2], n_src, p))
+        return a.reshape(-1, p)
+
     return dict(
-        s=(svec[:, 0], svec[:, 1], svec[:, 2]),
-        passes=passes.reshape(p, -1).T,
-        polar=polar.reshape(p, -1).T,
-        omega=per_q(omega).reshape(p, -1).T,
-        capture=per_q(capture).reshape(p, -1).T,
-        omega0=omega[:, 0, 0],
-        capture_last=capture[:, -1, 0],
+        s=tuple(per_q(c.astype(dtype)) for c in s),
+        passes=per_q(passes),
+        polar=per_q(polar),
+        omega=per_q(omega),
+        capture=per_q(capture),
+        omega0=omega[0, 0],
+        capture_last=capture[-1, 0],
     )
 
 
@@ -98,15 +104,13 @@ def _lattice_sq(hkl, exp, cfg, recip):
 
 
 def _f_cell(hkl, exp, cfg, use_tri):
-    have = cfg.table_lo is not None
-    if not have:
+    if cfg.table_lo is None:
         return exp.default_F
-    stacked = jnp.stack(hkl, axis=-1)
-    f_nn = physics.nearest_F(
-        physics.nearest_index(stacked), exp.fhkl, cfg.table_lo, cfg.table_hi, exp.default_F, True
-    )
+    whole = [physics.nearest_index(x) for x in hkl]
+    f_nn = physics.nearest_F_components(*whole, exp.fhkl, cfg.table_lo, cfg.table_hi, exp.default_F)
     if use_tri is None:
         return f_nn
+    stacked = jnp.stack(hkl, axis=-1)
     return jnp.where(use_tri, physics.tricubic_F(stacked, exp.fhkl, cfg.table_lo), f_nn)
 
 
@@ -131,6 +135,7 @@ def _orientation_loop(sh, exp, cfg, g, pidx, tri, fresh, probe):
         if cfg.oversample_omega:
             factor = factor * g["omega"]
     interpolating = cfg.interpolate and cfg.table_lo is not None
+    plain = not (probe or per_sub or interpolating or cfg.dmin > 0.0)
     big = jnp.iinfo(jnp.int32).max
 
     def body(o, carry):
@@ -139,6 +144,8 @@ def _orientation_loop(sh, exp, cfg, g, pidx, tri, fresh, probe):
             hkl_f = _hkl(s, fresh_m[o])
             hkl = tuple(jnp.where(is_first, b, a) for a, b in zip(hkl, hkl_f, strict=True))
         f2, nonzero = _lattice_sq(hkl, exp, cfg, sh.recip)
+        if plain:  # every evaluation counts and a zero F_latt adds zero
+            return carry + _f_cell(hkl, exp, cfg, None) ** 2 * f2
         executed = g["passes"]
         if cfg.water_size == 0.0:
             executed = executed & nonzero

@@ -46,9 +46,11 @@ def test_modes_agree_without_a_phi_step_at_zero(workdir):
     extra = ["-phi", "0.5", "-osc", "1", "-phisteps", "4"]
     spec = _setup(extra, workdir, "spec")
     cpar = _setup(extra, workdir, "c-parity")
-    np.testing.assert_array_equal(
+    # equal up to rounding: c-parity recomputes the first pixel alone, in a block of one
+    np.testing.assert_allclose(
         np.asarray(simulate(spec.experiment, spec.config)),
         np.asarray(simulate(cpar.experiment, cpar.config)),
+        rtol=1e-12,
     )
 
 
@@ -57,7 +59,8 @@ def test_c_parity_first_pixel_is_fresh_and_the_rest_stale(workdir):
     cpar = _setup(PHI0, workdir, "c-parity")
     a = np.asarray(simulate(spec.experiment, spec.config))
     b = np.asarray(simulate(cpar.experiment, cpar.config))
-    assert a[0, 0] == b[0, 0]  # the run's first φ loop starts from the unrotated cell
+    # the run's first φ loop starts from the unrotated cell (pixel recomputed alone: rounding)
+    assert b[0, 0] == pytest.approx(a[0, 0], rel=1e-12)
     assert np.abs(a - b).max() > 1e-3 * a.max()  # later φ = 0 steps reuse the last rotation
     # the stale φ = 0 step equals the last step: c-parity is spec with φ=0 replaced by φ_last
     last = _setup(["-phi", "0.75", "-osc", "0.25", "-phisteps", "1"], workdir, "spec")
