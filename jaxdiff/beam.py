@@ -9,8 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from jaxdiff.rotation import rotate_axis
-
 # Thomson cross-section r_e² [m²] and Avogadro's number, as nanoBragg uses them.
 R_E_SQR = 7.94079248018965e-30
 AVOGADRO = 6.02214179e23
@@ -63,6 +61,12 @@ def divergence_offsets(hrange, hstep, hsteps, vrange, vstep, vsteps, round_div):
     return out
 
 
+def _rotate_np(v: np.ndarray, axis: np.ndarray, angle: float) -> np.ndarray:
+    """:func:`jaxdiff.rotation.rotate_axis` in NumPy, for set-up work outside any trace."""
+    c, s = np.cos(angle), np.sin(angle)
+    return axis * (np.dot(axis, v) * (1.0 - c)) + v * c + np.cross(axis, v) * s
+
+
 def generated_sources(
     beam_direction: np.ndarray,
     polar_vector: np.ndarray,
@@ -77,8 +81,7 @@ def generated_sources(
     start = -SOURCE_DISTANCE * beam_direction
     dirs, lams = [], []
     for hdiv, vdiv in offsets:
-        v = np.asarray(rotate_axis(jnp.asarray(start), jnp.asarray(polar_vector), vdiv))
-        v = np.asarray(rotate_axis(jnp.asarray(v), jnp.asarray(vert), hdiv))
+        v = _rotate_np(_rotate_np(start, polar_vector, vdiv), vert, hdiv)
         for k in range(dispsteps):
             dirs.append(_unit(v))
             lams.append(wavelength * (1.0 + dispstep * k - dispersion / 2.0))

@@ -12,6 +12,7 @@ import math
 import os
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -34,6 +35,11 @@ from jaxdiff.io import (
 from jaxdiff.simulate import Experiment
 
 FDUMP = "Fdump.bin"
+
+# Set-up evaluates these once per run; compiled whole they cost one (cached) program each
+# instead of dozens of small eager operations.
+_detector_geometry = jax.jit(detector_geometry, static_argnums=2)
+_cell_vectors = jax.jit(xtal.cell_vectors, static_argnums=1)
 
 CONVENTION_VECTORS = {
     # beam, fast, slow, normal, twotheta axis, polarization, spindle
@@ -303,7 +309,7 @@ def _resolve(o: Options, mask_data) -> Setup:
         layer_thickness=jnp.asarray(thickstep),
         mu=jnp.asarray(mu),
     )
-    geom = detector_geometry(det, jnp.asarray(beam_dir), pivot_sample)
+    geom = _detector_geometry(det, jnp.asarray(beam_dir), pivot_sample)
 
     # structure factors
     interpolate = o.interpolate
@@ -355,7 +361,7 @@ def _resolve(o: Options, mask_data) -> Setup:
         phistep=jnp.asarray(phistep),
         fudge=jnp.asarray(o.fudge),
     )
-    real0, _ = xtal.cell_vectors(cryst, o.user_cell)
+    real0, _ = _cell_vectors(cryst, o.user_cell)
     real0 = np.asarray(real0)
     ncells = xtal.cells_from_size(real0, np.asarray(sample), np.array([o.Na, o.Nb, o.Nc]))
     cryst = dataclasses.replace(cryst, ncells=jnp.asarray(ncells))
