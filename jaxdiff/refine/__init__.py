@@ -1,4 +1,14 @@
-"""Refinement by gradient: losses, masks, parameter groups and the optax driver."""
+"""Refinement by gradient: losses, masks, parameter groups and the optax driver.
+
+From nanoBragg flags and an observed image (photons per pixel, slow × fast) to an orientation::
+
+    setup = jaxdiff.experiment.build(["-mat", "start.mat", "-hkl", "F.hkl", ...])
+    result = jaxdiff.refine.refine(setup, observed)
+    result.a_matrices[0], result.values["rotation"], result.history
+
+``refine`` also takes several images (shared cell, Ncells and detector; per-image orientation
+and scale), more parameter groups (``fit=``), the least-squares loss, masks and a schedule.
+"""
 
 from jaxdiff.refine.driver import (
     DEFAULT_SCHEDULE,
