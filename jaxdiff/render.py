@@ -175,7 +175,8 @@ def _orientation_loop(sh, exp, cfg, g, pidx, tri, fresh, probe):
         init = (jnp.zeros((q_count, p), dtype), jnp.ones((q_count, p), dtype))
     else:
         init = jnp.zeros((q_count, p), dtype)
-    return jax.lax.fori_loop(0, n_orient, body, init), first_q
+    # reverse mode keeps only each iteration's carry and recomputes the rest (memory bound)
+    return jax.lax.fori_loop(0, n_orient, jax.checkpoint(body), init), first_q
 
 
 def probe_block(sh, exp, cfg, spix, fpix, rendered, fresh):
