@@ -21,6 +21,7 @@ OUT = ["-floatfile", "out.bin", "-intfile", "out.img", "-nopgm", "-nonoise"]
         (OK + ["-phisteps", "2.5"], "-phisteps: expected a whole number"),
         (OK + ["-pixel", "0"], "-pixel: pixel size must be positive"),
         (OK + ["-lambda", "-1"], "-lambda: wavelength must be positive"),
+        (OK + ["-distance", "0"], "-distance: must be positive"),
         (OK + ["-N", "0"], "-Na: number of unit cells must be positive"),
         (OK + ["-roi", "100", "200", "0", "5"], "-roi: 100 200 0 5 selects no pixel"),
         (OK + ["-mat", "inputs/A.mat"], "-cell and -mat both give the unit cell"),
