@@ -449,22 +449,18 @@ def _resolve(o: Options, mask_data) -> Setup:
         dtype=o.dtype,
     )
     steps = len(dirs) * domains * phisteps * oversample * oversample
-    header = _header_values(o, geom, pix, fbeam, sbeam, xbeam, ybeam, osc, fpixels, spixels)
+    header = _header_values(o, geom, beam_dir, pix, xbeam, ybeam, osc, fpixels, spixels)
     return Setup(exp, cfg, o, header, steps, hkl_count)
 
 
-def _header_values(o, geom, pix, fbeam, sbeam, xbeam, ybeam, osc, fpixels, spixels):
+def _header_values(o, geom, beam_dir, pix, xbeam, ybeam, osc, fpixels, spixels):
     """The geometry the C program reports in its SMV headers, after its detector set-up."""
     pix0 = np.asarray(geom.pix0)
-    fast, slow, normal = (np.asarray(v) for v in (geom.fast, geom.slow, geom.normal))
-    beam = _unit(o.beam)[0]
-    conv_beam = CONVENTION_VECTORS.get(o.convention, (beam,))[0]
-    beam = _unit(conv_beam)[0]
-    close = float(np.dot(pix0, normal))
+    fast, slow = np.asarray(geom.fast), np.asarray(geom.slow)
+    distance = float(geom.distance)
+    spot = distance * beam_dir - pix0  # from the first pixel to the direct-beam spot
     fclose = -float(np.dot(pix0, fast))
     sclose = -float(np.dot(pix0, slow))
-    distance = float(geom.distance)
-    spot = distance * beam - pix0
     return dict(
         fpixels=fpixels,
         spixels=spixels,
@@ -479,7 +475,7 @@ def _header_values(o, geom, pix, fbeam, sbeam, xbeam, ybeam, osc, fpixels, spixe
         dials_origin=(1000 * pix0[2], 1000 * pix0[1], -1000 * pix0[0]),
         orgx=fclose / pix + 0.5,
         orgy=sclose / pix + 0.5,
-        close_distance=close,
+        close_distance=float(geom.close_distance),
         phi0=o.phi0,
         osc=osc,
         twotheta=o.twotheta,
