@@ -6,7 +6,6 @@ dashes. A user's mistake prints one message and exits with status 2, leaving no 
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
@@ -30,26 +29,14 @@ def _stats(image: np.ndarray, rendered: np.ndarray, roi_mask: np.ndarray):
     return max_i, where, avg, rms, rmsd
 
 
-def _use_compilation_cache(jax) -> None:
-    """Keep compiled programs between runs, so a repeated command does not recompile.
-
-    The folder is $JAXDIFF_CACHE_DIR (``off`` disables it), by default ~/.cache/jaxdiff/xla.
-    """
-    folder = os.environ.get("JAXDIFF_CACHE_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "jaxdiff", "xla"
-    )
-    if folder == "off":
-        return
-    jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-
-
 def run(argv: list[str]) -> int:
     """Render the image a nanoBragg command line describes and write its output files."""
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    _use_compilation_cache(jax)
+    from jaxdiff import aot
+
+    aot.enable()
     from jaxdiff.experiment import build
     from jaxdiff.io import (
         auto_int_scale,
@@ -71,7 +58,8 @@ def run(argv: list[str]) -> int:
         f"{cfg.dtype}, phi carryover {cfg.carryover}"
     )
     start = time.perf_counter()
-    image = np.asarray(simulate(setup.experiment, cfg)).astype(np.float32)
+    image = np.asarray(aot.call("simulate", simulate, {"cfg": cfg}, setup.experiment))
+    image = image.astype(np.float32)
     print(f"rendered in {time.perf_counter() - start:.2f} s")
     if o.trace_pixel is not None:
         from jaxdiff.trace import trace_lines

@@ -13,9 +13,9 @@ import os
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff import aot
 from jaxdiff import crystal as xtal
 from jaxdiff.beam import Beam, divergence_offsets, file_sources, generated_sources
 from jaxdiff.config import SimConfig
@@ -37,9 +37,10 @@ from jaxdiff.simulate import Experiment
 FDUMP = "Fdump.bin"
 
 # Set-up evaluates these once per run; compiled whole they cost one (cached) program each
-# instead of dozens of small eager operations.
-_detector_geometry = jax.jit(detector_geometry, static_argnums=2)
-_cell_vectors = jax.jit(xtal.cell_vectors, static_argnums=1)
+# instead of dozens of small eager operations. The pytrees hold NumPy arrays until the
+# finished experiment goes to the device in one transfer.
+_detector_geometry = jax.jit(detector_geometry, static_argnames="pivot_sample")
+_cell_vectors = jax.jit(xtal.cell_vectors, static_argnames="from_cell")
 
 CONVENTION_VECTORS = {
     # beam, fast, slow, normal, twotheta axis, polarization, spindle
@@ -295,21 +296,23 @@ def _resolve(o: Options, mask_data) -> Setup:
 
     pivot_sample = pivot == "sample"
     det = Detector(
-        fast_axis=jnp.asarray(fast),
-        slow_axis=jnp.asarray(slow),
-        normal=jnp.asarray(normal),
-        beam_f=jnp.asarray(fclose if pivot_sample else fbeam),
-        beam_s=jnp.asarray(sclose if pivot_sample else sbeam),
-        distance=jnp.asarray(o.distance),
-        close_distance=jnp.asarray(o.close_distance),
-        rotations=jnp.asarray(o.detector_rot, dtype=float),
-        twotheta=jnp.asarray(o.twotheta),
-        twotheta_axis=jnp.asarray(twotheta_axis),
-        pixel_size=jnp.asarray(pix),
-        layer_thickness=jnp.asarray(thickstep),
-        mu=jnp.asarray(mu),
+        fast_axis=np.asarray(fast),
+        slow_axis=np.asarray(slow),
+        normal=np.asarray(normal),
+        beam_f=np.asarray(fclose if pivot_sample else fbeam),
+        beam_s=np.asarray(sclose if pivot_sample else sbeam),
+        distance=np.asarray(o.distance),
+        close_distance=np.asarray(o.close_distance),
+        rotations=np.asarray(o.detector_rot, dtype=float),
+        twotheta=np.asarray(o.twotheta),
+        twotheta_axis=np.asarray(twotheta_axis),
+        pixel_size=np.asarray(pix),
+        layer_thickness=np.asarray(thickstep),
+        mu=np.asarray(mu),
     )
-    geom = _detector_geometry(det, jnp.asarray(beam_dir), pivot_sample)
+    geom = aot.call(
+        "detector_geometry", _detector_geometry, {"pivot_sample": pivot_sample}, det, beam_dir
+    )
 
     # structure factors
     interpolate = o.interpolate
@@ -348,23 +351,23 @@ def _resolve(o: Options, mask_data) -> Setup:
         misset = np.asarray(o.misset, dtype=float)
     axes, scale = xtal.mosaic_domain_draws(domains, o.mosaic_seed)
     cryst = Crystal(
-        cell=jnp.asarray(cell),
-        recip0=jnp.asarray(recip0),
-        misset=jnp.asarray(misset),
-        rotation=jnp.zeros(3),
-        ncells=jnp.asarray([o.Na, o.Nb, o.Nc]),
-        mosaic_spread=jnp.asarray(spread),
-        mosaic_axes=jnp.asarray(axes),
-        mosaic_scale=jnp.asarray(scale),
-        spindle=jnp.asarray(spindle),
-        phi0=jnp.asarray(o.phi0),
-        phistep=jnp.asarray(phistep),
-        fudge=jnp.asarray(o.fudge),
+        cell=np.asarray(cell),
+        recip0=np.asarray(recip0),
+        misset=np.asarray(misset),
+        rotation=np.zeros(3),
+        ncells=np.asarray([o.Na, o.Nb, o.Nc]),
+        mosaic_spread=np.asarray(spread),
+        mosaic_axes=np.asarray(axes),
+        mosaic_scale=np.asarray(scale),
+        spindle=np.asarray(spindle),
+        phi0=np.asarray(o.phi0),
+        phistep=np.asarray(phistep),
+        fudge=np.asarray(o.fudge),
     )
-    real0, _ = _cell_vectors(cryst, o.user_cell)
+    real0, _ = aot.call("cell_vectors", _cell_vectors, {"from_cell": o.user_cell}, cryst)
     real0 = np.asarray(real0)
     ncells = xtal.cells_from_size(real0, np.asarray(sample), np.array([o.Na, o.Nb, o.Nc]))
-    cryst = dataclasses.replace(cryst, ncells=jnp.asarray(ncells))
+    cryst = dataclasses.replace(cryst, ncells=np.asarray(ncells))
     xtalsize_max = float(np.max(np.linalg.norm(real0, axis=1) * ncells))
     reciprocal_pixel = o.lambda0 * float(geom.distance) / pix
     recommended = max(int(math.ceil(3.0 * xtalsize_max / reciprocal_pixel)), 1)
@@ -379,12 +382,12 @@ def _resolve(o: Options, mask_data) -> Setup:
     if len(dirs) == 0:
         raise InputError("no sources: the divergence settings leave no source point")
     beam = Beam(
-        direction=jnp.asarray(beam_dir),
-        source_dirs=jnp.asarray(dirs),
-        wavelengths=jnp.asarray(lams),
-        polar_vector=jnp.asarray(polar_vec),
-        polarization=jnp.asarray(o.polarization),
-        fluence=jnp.asarray(fluence),
+        direction=np.asarray(beam_dir),
+        source_dirs=np.asarray(dirs),
+        wavelengths=np.asarray(lams),
+        polar_vector=np.asarray(polar_vec),
+        polarization=np.asarray(o.polarization),
+        fluence=np.asarray(fluence),
     )
 
     roi = list(o.roi)
@@ -408,20 +411,22 @@ def _resolve(o: Options, mask_data) -> Setup:
             )
         mask = (mask_data != 0).astype(np.uint8)
     if grid is not None:
-        fhkl = jnp.asarray(grid.F)
+        fhkl = np.asarray(grid.F)
         lo = (grid.h_min, grid.k_min, grid.l_min)
         hi = (grid.h_max, grid.k_max, grid.l_max)
     else:
-        fhkl, lo, hi = jnp.zeros((1, 1, 1)), None, None
+        fhkl, lo, hi = np.zeros((1, 1, 1)), None, None
     if hkl_count == 0:
         lo = hi = None
-    exp = Experiment(
-        beam=beam,
-        crystal=cryst,
-        detector=det,
-        fhkl=fhkl,
-        default_F=jnp.asarray(o.default_F),
-        mask=jnp.asarray(mask),
+    exp = _on_device(
+        Experiment(
+            beam=beam,
+            crystal=cryst,
+            detector=det,
+            fhkl=fhkl,
+            default_F=np.asarray(o.default_F),
+            mask=np.asarray(mask),
+        )
     )
     cfg = SimConfig(
         spixels=spixels,
@@ -451,6 +456,20 @@ def _resolve(o: Options, mask_data) -> Setup:
     steps = len(dirs) * domains * phisteps * oversample * oversample
     header = _header_values(o, geom, beam_dir, pix, xbeam, ybeam, osc, fpixels, spixels)
     return Setup(exp, cfg, o, header, steps, hkl_count)
+
+
+def _on_device(tree):
+    """Move the leaves to the device without compiling anything (``jnp.asarray`` stages each
+    one); floating scalars are weakly typed, like ``jnp.asarray(0.12)``, so a value a user
+    swaps in that way does not recompile the simulation."""
+
+    def put(x):
+        x = np.asarray(x)
+        if x.ndim == 0 and np.issubdtype(x.dtype, np.floating):
+            return jax.device_put(float(x))
+        return jax.device_put(x)
+
+    return jax.tree.map(put, tree)
 
 
 def _header_values(o, geom, beam_dir, pix, xbeam, ybeam, osc, fpixels, spixels):

@@ -222,11 +222,11 @@ def run(argv: list[str]) -> int:
     args = _parser().parse_args(own)
     import jax
 
-    from jaxdiff.cli import _use_compilation_cache
+    from jaxdiff import aot
 
     jax.config.update("jax_enable_x64", True)
     # The jaxdiff command's cache ($JAXDIFF_CACHE_DIR): a repeated fit skips its compilation.
-    _use_compilation_cache(jax)
+    aot.enable()
     from jaxdiff.experiment import build
     from jaxdiff.io import atomic_output
     from jaxdiff.refine.driver import refine

@@ -1,0 +1,137 @@
+"""Compiled programs kept between processes, found without tracing.
+
+JAX's persistent compilation cache saves the XLA compile, but every process still traces and
+lowers the program to find its cache entry, which costs more than a small image takes to
+render. The command-line tools therefore also keep each compiled executable on disk under a
+key made only of what can be read without tracing: the function, its static arguments, the
+shapes and dtypes of its array arguments, the jaxdiff sources, the JAX version and the device.
+
+The cache folder is ``$JAXDIFF_CACHE_DIR`` (``off`` disables both caches), by default
+``~/.cache/jaxdiff``: ``xla/`` holds JAX's compilation cache and ``programs/`` the executables.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jaxlib
+
+from jaxdiff.io.atomic import atomic_output
+
+_loaded: dict[str, Callable] = {}
+_enabled = False
+
+
+def cache_root() -> Path | None:
+    """The cache folder, or None when caching is off."""
+    folder = os.environ.get("JAXDIFF_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "jaxdiff"
+    )
+    return None if folder == "off" else Path(folder)
+
+
+def enable() -> None:
+    """Keep compiled programs on disk for this process (the command-line tools call this).
+
+    Points JAX's persistent compilation cache at ``<cache>/xla`` for every compile, and lets
+    :func:`call` keep whole executables in ``<cache>/programs``.
+    """
+    global _enabled
+    root = cache_root()
+    if root is None:
+        return
+    _enabled = True
+    jax.config.update("jax_compilation_cache_dir", str(root / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+@functools.cache
+def _environment() -> str:
+    """Everything outside the call that changes the compiled program."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode())
+        digest.update(path.read_bytes())
+    device = jax.devices()[0]
+    parts = (
+        jax.__version__,
+        jaxlib.__version__,
+        device.platform,
+        getattr(device, "device_kind", ""),
+        str(jax.device_count()),
+        str(jax.config.jax_enable_x64),
+        os.environ.get("XLA_FLAGS", ""),
+        digest.hexdigest(),
+    )
+    return "\n".join(parts)
+
+
+def _key(name: str, static: Any, args: tuple) -> str:
+    leaves, tree = jax.tree_util.tree_flatten(args)
+    types = ",".join(str(jax.typeof(x)) for x in leaves)
+    text = "\n".join((_environment(), name, repr(static), str(tree), types))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def call(name: str, jitted, static: dict, *args):
+    """``jitted(*args, **static)`` through a compiled executable kept on disk.
+
+    ``name`` names the program in the key; ``static`` holds the jit-static keyword arguments
+    (hashable, with a stable ``repr``). Unless :func:`enable` was called this is a plain call.
+    """
+    root = cache_root()
+    if not _enabled or root is None:
+        return jitted(*args, **static)
+    key = _key(name, static, args)
+    program = _loaded.get(key)
+    if program is None:
+        program = _load(root / "programs" / f"{name}-{key[:32]}.bin")
+    if program is None:
+        # compiled afresh: an executable that JAX's own cache deserialized can lack the code
+        # of some of its fusions when it is serialized again
+        program = _compile_afresh(jitted, static, args)
+        _store(root / "programs" / f"{name}-{key[:32]}.bin", program)
+    _loaded[key] = program
+    return program(*args)
+
+
+def _compile_afresh(jitted, static: dict, args: tuple):
+    previous = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        return jitted.lower(*args, **static).compile()
+    finally:
+        jax.config.update("jax_enable_compilation_cache", previous)
+
+
+def _load(path: Path):
+    from jax.experimental import serialize_executable
+
+    try:
+        with open(path, "rb") as fh:
+            payload = pickle.load(fh)
+        return serialize_executable.deserialize_and_load(*payload)
+    except FileNotFoundError:
+        return None
+    except Exception:  # a stale or damaged entry is compiled again and replaced
+        return None
+
+
+def _store(path: Path, program) -> None:
+    from jax.experimental import serialize_executable
+
+    try:
+        payload = pickle.dumps(serialize_executable.serialize(program))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(path) as tmp:
+            Path(tmp).write_bytes(payload)
+    except Exception:  # a cache that cannot be written only costs the next run a compile
+        pass

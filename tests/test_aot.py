@@ -1,0 +1,65 @@
+"""The command-line tools keep whole compiled programs between processes: a repeated command
+compiles nothing, gives the same image, and survives a damaged or foreign cache entry."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+FLAGS = (
+    "-cell 100 100 100 90 90 90 -default_F 100 -N 5 -lambda 6.2 -distance 100 -detpixels 64 "
+    "-nonoise -nopgm -floatfile out.bin -intfile out.img"
+).split()
+
+
+def _run(cwd, cache):
+    env = dict(os.environ, JAXDIFF_CACHE_DIR=str(cache), JAX_LOG_COMPILES="1")
+    res = subprocess.run(
+        [sys.executable, "-m", "jaxdiff.cli", *FLAGS],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    compiles = [line for line in res.stderr.splitlines() if "Compiling " in line]
+    return np.fromfile(cwd / "out.bin", "<f4"), compiles
+
+
+def test_second_run_compiles_nothing_and_renders_the_same(tmp_path):
+    cache = tmp_path / "cache"
+    first, compiled = _run(tmp_path, cache)
+    assert compiled, "the first run compiles"
+    programs = sorted((cache / "programs").glob("*.bin"))
+    assert {p.name.split("-")[0] for p in programs} >= {"simulate", "cell_vectors"}
+    again, compiled = _run(tmp_path, cache)
+    assert compiled == []
+    np.testing.assert_array_equal(again, first)
+    assert first.max() > 0.0
+
+    # a damaged entry is compiled again and replaced
+    for p in programs:
+        p.write_bytes(b"not a program")
+    third, compiled = _run(tmp_path, cache)
+    assert compiled
+    np.testing.assert_array_equal(third, first)
+    assert all(p.stat().st_size > 100 for p in programs)
+
+
+def test_cache_off_writes_no_programs(tmp_path):
+    env = dict(os.environ, JAXDIFF_CACHE_DIR="off", HOME=str(tmp_path))
+    res = subprocess.run(
+        [sys.executable, "-m", "jaxdiff.cli", *FLAGS],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    assert not (tmp_path / ".cache").exists()
+    assert np.fromfile(tmp_path / "out.bin", "<f4").max() > 0.0
