@@ -5,10 +5,13 @@ neighbour and tricubic), all with finite gradients at their singular points.
 
 from __future__ import annotations
 
+import functools
 import math
 
+import jax
 import jax.numpy as jnp
 from jax import Array
+from jax.custom_derivatives import SymbolicZero
 
 SHAPES = ("square", "round", "gauss", "tophat")
 # sqrt of the volume ratio between a cube and its inscribed sphere (nanoBragg's round_xtal).
@@ -86,9 +89,67 @@ def sincg(h: Array, n: Array) -> Array:
     return jnp.where(parity == 1.0, -ratio, ratio)
 
 
+def _cospi_coefficients(terms: int) -> tuple[float, ...]:
+    """Taylor coefficients of cos(πr) in powers of r², lowest first."""
+    out, term = [], 1.0
+    for k in range(terms):
+        out.append(term)
+        term = -term * math.pi * math.pi / ((2 * k + 1) * (2 * k + 2))
+    return tuple(out)
+
+
+# |r| ≤ 1/2: truncation error < 2e-16 (float64, 11 terms), < 3e-8 (float32, 6 terms).
+_COSPI = {8: _cospi_coefficients(11), 4: _cospi_coefficients(6)}
+
+
+def _sincospi_reduced(x: Array) -> tuple[Array, Array]:
+    """sin(π r) and cos(π r) for x = n + r, |r| ≤ 1/2 (the signs (-1)^n left out)."""
+    r = x - jnp.floor(x + 0.5)
+    r2 = r * r
+    size = jnp.dtype(x.dtype).itemsize
+    sin, cos = _SINPI[size][-1], _COSPI[size][-1]
+    for c in _SINPI[size][-2::-1]:
+        sin = sin * r2 + c
+    for c in _COSPI[size][-2::-1]:
+        cos = cos * r2 + c
+    return sin * r, cos
+
+
+def _grating_log_slopes(h: Array, n: Array) -> tuple[Array, Array]:
+    """For one axis, the logarithmic derivatives of the squared grating ratio
+    q = (sin Nπd / sin πd)²: (dq/dh)/q and (dq/dN)/q, in closed form.
+
+    With s₁, c₁ = sin, cos(πNd) and s₀, c₀ = sin, cos(πd) they are 2π(N c₁/s₁ - c₀/s₀) and
+    2π d c₁/s₁ (the signs the range reduction leaves out cancel in each ratio). Where s₁ = 0
+    the lattice factor and its slope vanish together and both are set to zero; near a Bragg
+    peak the Taylor form of q is differentiated instead.
+    """
+    d = h - nearest_index(h)
+    small = jnp.abs(d) < 1e-5
+    safe = jnp.where(small, 0.25, d)
+    s1, c1 = _sincospi_reduced(n * safe)
+    s0, c0 = _sincospi_reduced(safe)
+    zero = s1 == 0.0
+    inv = (2.0 * math.pi) / (jnp.where(zero, 1.0, s1) * s0)  # one division for both ratios
+    dh = jnp.where(zero, 0.0, (n * c1 * s0 - c0 * s1) * inv)
+    dn = jnp.where(zero, 0.0, safe * c1 * s0 * inv)
+    pi2_6 = math.pi * math.pi / 6.0
+    p = 1.0 - (n * n - 1.0) * d * d * pi2_6
+    dh = jnp.where(small, -4.0 * (n * n - 1.0) * pi2_6 * d / p, dh)
+    dn = jnp.where(small, 2.0 * (1.0 - (3.0 * n * n - 1.0) * pi2_6 * d * d) / (n * p), dn)
+    one = n <= 1.0  # nanoBragg skips an axis with N ≤ 1
+    return jnp.where(one, 0.0, dh), jnp.where(one, 0.0, dn)
+
+
+@jax.custom_jvp
 def square_lattice_sq(h: Array, k: Array, l: Array, ncells: Array) -> Array:
     """F_latt² of the parallelepiped crystal: the product of the three sincg², with one
-    division (the sign of each factor is irrelevant once squared)."""
+    division (the sign of each factor is irrelevant once squared).
+
+    Its derivative is written out as F_latt² times the sum of per-axis logarithmic slopes
+    (:func:`_grating_log_slopes`): each axis' slope needs only that axis, so the reverse pass
+    of the image kernel evaluates every grating once instead of once per axis.
+    """
     num = den = None
     for x, n in ((h, ncells[0]), (k, ncells[1]), (l, ncells[2])):
         a, b, _ = _grating_parts(x, n)
@@ -99,6 +160,28 @@ def square_lattice_sq(h: Array, k: Array, l: Array, ncells: Array) -> Array:
         den = b if den is None else den * b
     ratio = num / den
     return ratio * ratio
+
+
+@functools.partial(square_lattice_sq.defjvp, symbolic_zeros=True)
+def _square_lattice_sq_jvp(primals, tangents):
+    h, k, l, ncells = primals
+    value = square_lattice_sq(h, k, l, ncells)
+    dn = tangents[3]
+    rate = None
+    for j, x in enumerate((h, k, l)):
+        if isinstance(tangents[j], SymbolicZero) and isinstance(dn, SymbolicZero):
+            continue
+        slope_h, slope_n = _grating_log_slopes(x, ncells[j])
+        parts = []
+        if not isinstance(tangents[j], SymbolicZero):
+            parts.append(slope_h * tangents[j])
+        if not isinstance(dn, SymbolicZero):
+            parts.append(slope_n * dn[j])
+        term = sum(parts[1:], parts[0])
+        rate = term if rate is None else rate + term
+    if rate is None:
+        return value, jnp.zeros_like(value)
+    return value, value * rate
 
 
 def sinc3(x: Array) -> Array:

@@ -89,6 +89,46 @@ def test_square_lattice_sq_matches_sincg_and_finite_differences():
         assert float(grad[i]) == pytest.approx(float(up - down) / (2 * eps), rel=1e-6)
 
 
+def _lattice_sq_traced(x, n):
+    """The same function with JAX tracing its derivative through the polynomials."""
+    return physics.square_lattice_sq.fun(x[0], x[1], x[2], n)
+
+
+@pytest.mark.parametrize("d", [0.0, 3e-6, 0.99e-5, 1.01e-5, 1e-3, 0.2, 0.5])
+def test_square_lattice_sq_written_out_slopes_match_the_traced_ones(d):
+    """The closed-form derivative (custom JVP) against JAX's derivative of the sincg product,
+    in h, k, l and N (non-integer N too), across the Taylor branch and up to d = 1/2."""
+    x = f64([3.0 + d, -2.0 - 0.7 * d, 5.0 + 0.3 * d])
+    n = f64([6.0, 7.5, 1.0])  # N = 1 is an axis nanoBragg skips
+
+    def ours(x, n):
+        return physics.square_lattice_sq(x[0], x[1], x[2], n)
+
+    g_ours = jax.grad(ours, argnums=(0, 1))(x, n)
+    g_ref = jax.grad(_lattice_sq_traced, argnums=(0, 1))(x, n)
+    scale = float(jnp.max(jnp.abs(jnp.concatenate(g_ref))))
+    for a, b in zip(g_ours, g_ref, strict=True):
+        assert np.all(np.isfinite(np.asarray(a)))
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-7, atol=1e-9 * scale)
+    # forward mode uses the same rule
+    tangent = f64([0.3, -1.1, 0.7])
+    _, jvp = jax.jvp(lambda x: ours(x, n), (x,), (tangent,))
+    assert float(jvp) == pytest.approx(float(jnp.dot(g_ours[0], tangent)), rel=1e-12, abs=1e-30)
+
+
+def test_square_lattice_sq_slope_at_a_zero_of_the_grating():
+    """At d = 1/N the grating vanishes to second order: value and slope are (nearly) zero,
+    finite, and equal to the traced slope."""
+    n = f64([5.0, 5.0, 5.0])
+    peak = 5.0**6
+    for x in (f64([2.0 + 1.0 / 5.0, 0.1, 0.0]), f64([0.2, 0.4, -0.6]), f64([0.5, 0.0, 1.4])):
+        value, grad = jax.value_and_grad(lambda x: _lattice_sq_traced(x, n))(x)
+        ours = jax.grad(lambda x: physics.square_lattice_sq(x[0], x[1], x[2], n))(x)
+        assert np.all(np.isfinite(np.asarray(ours)))
+        assert abs(float(value)) < 1e-20 * peak
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(grad), rtol=0, atol=1e-12 * peak)
+
+
 def sinc3_slope(x: float) -> float:
     """d/dx 3(sin x - x cos x)/x³ from its power series, 3 Σ (-1)^k (2k+2)/(2k+3)! x^(2k)."""
     return sum(
