@@ -236,7 +236,60 @@ def _report(machine, rows, cli_rows, args) -> str:
     ]
     for problem, cold, warm, c in cli_rows:
         lines.append(f"| {problem} | {cold:.2f} | {warm:.2f} | {c} |")
+    lines += ["", *_targets(rows, cli_rows)]
     return "\n".join(lines) + "\n"
+
+
+def _targets(rows, cli_rows) -> list[str]:
+    """The performance issue's targets, judged from this run's figures."""
+    ok = {r["problem"] + "/" + r["dtype"]: r for r in rows if "error" not in r}
+    out = [
+        "Against the targets (this machine; GPU targets are measured by `gpu_suite.py`):",
+        "",
+        "| target | measured | status |",
+        "|---|---|---|",
+    ]
+
+    def add(name, measured, met):
+        out.append(f"| {name} | {measured} | {'met' if met else 'missed'} |")
+
+    if (r := ok.get("P3/float32")) is not None:
+        rate = r["evals_per_s"] / 1e6
+        add("P3 float32 ≥ 400 M evaluations/s", f"{rate:.0f} M/s", rate >= 400)
+    for problem in ("P3", "P4"):
+        if (r := ok.get(f"{problem}/float64")) is not None:
+            c = r.get("c_now") or r.get("c_baseline")
+            if c:
+                add(
+                    f"{problem} float64 ≥ 5× the C program (2 threads)",
+                    f"{c / r['steady_s']:.1f}× (C {c:.2f} s)",
+                    c / r["steady_s"] >= 5.0,
+                )
+    for problem, cold, warm, _ in cli_rows:
+        if problem == "P1":
+            add("CLI P1 ≤ 1.0 s, warm cache", f"{warm:.2f} s", warm <= 1.0)
+        add(f"CLI {problem} cold compile ≤ 5 s", f"{cold:.2f} s", cold <= 5.0)
+    full, roi = ok.get("P4/float64"), ok.get("P4-roi/float64")
+    if full and roi:
+        share = roi["evals"] / full["evals"]
+        add(
+            "-roi costs in proportion to the ROI",
+            f"{share:.2%} of the pixels, {roi['steady_s'] / full['steady_s']:.2%} of the time",
+            roi["steady_s"] / full["steady_s"] < 10 * share + 0.05,
+        )
+    if ok:
+        peak = max(r["peak_rss_mb"] for r in ok.values())
+        add("peak memory ≤ 2 GB (incl. P5)", f"≤ {peak:.0f} MB", peak <= 2048)
+        slow = max(r["compile_s"] for r in ok.values())
+        add("compile ≤ 10 s", f"≤ {slow:.1f} s", slow <= 10.0)
+    for key, r in ok.items():
+        if "grad_ratio" in r:
+            add(
+                f"forward + gradient ≤ 4× forward ({key})",
+                f"{r['grad_ratio']:.2f}×",
+                r["grad_ratio"] <= 4.0,
+            )
+    return out
 
 
 if __name__ == "__main__":

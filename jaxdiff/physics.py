@@ -23,17 +23,18 @@ def nearest_index(x: Array) -> Array:
     return jnp.ceil(x - 0.5)
 
 
-def _sinpi_coefficients(terms: int) -> tuple[float, ...]:
-    """Taylor coefficients of sin(πr) in powers of r², lowest first."""
-    out, term = [], math.pi
+def _taylor_coefficients(terms: int, odd: bool) -> tuple[float, ...]:
+    """Taylor coefficients in powers of r² of sin(πr)/r (``odd``) or cos(πr), lowest first."""
+    out, term = [], math.pi if odd else 1.0
     for k in range(terms):
         out.append(term)
-        term = -term * math.pi * math.pi / ((2 * k + 2) * (2 * k + 3))
+        m = 2 * k + 1 if odd else 2 * k
+        term = -term * math.pi * math.pi / ((m + 1) * (m + 2))
     return tuple(out)
 
 
 # |r| ≤ 1/2: truncation error < 3e-16 (float64, 11 terms), < 6e-8 (float32, 6 terms).
-_SINPI = {8: _sinpi_coefficients(11), 4: _sinpi_coefficients(6)}
+_SINPI = {8: _taylor_coefficients(11, True), 4: _taylor_coefficients(6, True)}
 
 
 def sinpi_reduced(x: Array) -> tuple[Array, Array]:
@@ -89,17 +90,8 @@ def sincg(h: Array, n: Array) -> Array:
     return jnp.where(parity == 1.0, -ratio, ratio)
 
 
-def _cospi_coefficients(terms: int) -> tuple[float, ...]:
-    """Taylor coefficients of cos(πr) in powers of r², lowest first."""
-    out, term = [], 1.0
-    for k in range(terms):
-        out.append(term)
-        term = -term * math.pi * math.pi / ((2 * k + 1) * (2 * k + 2))
-    return tuple(out)
-
-
 # |r| ≤ 1/2: truncation error < 2e-16 (float64, 11 terms), < 3e-8 (float32, 6 terms).
-_COSPI = {8: _cospi_coefficients(11), 4: _cospi_coefficients(6)}
+_COSPI = {8: _taylor_coefficients(11, False), 4: _taylor_coefficients(6, False)}
 
 
 def _sincospi_reduced(x: Array) -> tuple[Array, Array]:

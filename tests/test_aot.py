@@ -15,17 +15,21 @@ FLAGS = (
 ).split()
 
 
-def _run(cwd, cache):
-    env = dict(os.environ, JAXDIFF_CACHE_DIR=str(cache), JAX_LOG_COMPILES="1")
+def _jaxdiff(cwd, **env):
     res = subprocess.run(
         [sys.executable, "-m", "jaxdiff.cli", *FLAGS],
         cwd=cwd,
-        env=env,
+        env=dict(os.environ, **env),
         capture_output=True,
         text=True,
         check=False,
     )
     assert res.returncode == 0, res.stderr
+    return res
+
+
+def _run(cwd, cache):
+    res = _jaxdiff(cwd, JAXDIFF_CACHE_DIR=str(cache), JAX_LOG_COMPILES="1")
     compiles = [line for line in res.stderr.splitlines() if "Compiling " in line]
     return np.fromfile(cwd / "out.bin", "<f4"), compiles
 
@@ -51,15 +55,6 @@ def test_second_run_compiles_nothing_and_renders_the_same(tmp_path):
 
 
 def test_cache_off_writes_no_programs(tmp_path):
-    env = dict(os.environ, JAXDIFF_CACHE_DIR="off", HOME=str(tmp_path))
-    res = subprocess.run(
-        [sys.executable, "-m", "jaxdiff.cli", *FLAGS],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert res.returncode == 0, res.stderr
+    _jaxdiff(tmp_path, JAXDIFF_CACHE_DIR="off", HOME=str(tmp_path))
     assert not (tmp_path / ".cache").exists()
     assert np.fromfile(tmp_path / "out.bin", "<f4").max() > 0.0
