@@ -154,7 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     ours, flags = parser.parse_known_args(argv)
     try:
         jax.config.update("jax_enable_x64", True)
+        from jaxdiff import aot
         from jaxdiff.experiment import build
+
+        aot.enable()  # the jaxdiff command's cache: a repeated batch does not recompile
 
         if (ours.crystals is None) == (ours.random_orientations is None):
             raise InputError("give one of --crystals FILE or --random-orientations N")
