@@ -118,7 +118,10 @@ def _load(path: Path):
     try:
         with open(path, "rb") as fh:
             payload = pickle.load(fh)
-        return serialize_executable.deserialize_and_load(*payload)
+        # the programs kept here run on one device (the default one), however many there are
+        return serialize_executable.deserialize_and_load(
+            *payload, execution_devices=jax.devices()[:1]
+        )
     except FileNotFoundError:
         return None
     except Exception:  # a stale or damaged entry is compiled again and replaced

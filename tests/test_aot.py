@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 FLAGS = (
     "-cell 100 100 100 90 90 90 -default_F 100 -N 5 -lambda 6.2 -distance 100 -detpixels 64 "
@@ -28,19 +29,26 @@ def _jaxdiff(cwd, **env):
     return res
 
 
-def _run(cwd, cache):
-    res = _jaxdiff(cwd, JAXDIFF_CACHE_DIR=str(cache), JAX_LOG_COMPILES="1")
+def _run(cwd, cache, devices=1):
+    res = _jaxdiff(
+        cwd,
+        JAXDIFF_CACHE_DIR=str(cache),
+        JAX_LOG_COMPILES="1",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    )
     compiles = [line for line in res.stderr.splitlines() if "Compiling " in line]
     return np.fromfile(cwd / "out.bin", "<f4"), compiles
 
 
-def test_second_run_compiles_nothing_and_renders_the_same(tmp_path):
+@pytest.mark.parametrize("devices", [1, 4])
+def test_second_run_compiles_nothing_and_renders_the_same(tmp_path, devices):
+    """Also with several (virtual) devices, where a loaded program still runs on one."""
     cache = tmp_path / "cache"
-    first, compiled = _run(tmp_path, cache)
+    first, compiled = _run(tmp_path, cache, devices)
     assert compiled, "the first run compiles"
     programs = sorted((cache / "programs").glob("*.bin"))
     assert {p.name.split("-")[0] for p in programs} >= {"simulate", "cell_vectors"}
-    again, compiled = _run(tmp_path, cache)
+    again, compiled = _run(tmp_path, cache, devices)
     assert compiled == []
     np.testing.assert_array_equal(again, first)
     assert first.max() > 0.0
@@ -48,7 +56,7 @@ def test_second_run_compiles_nothing_and_renders_the_same(tmp_path):
     # a damaged entry is compiled again and replaced
     for p in programs:
         p.write_bytes(b"not a program")
-    third, compiled = _run(tmp_path, cache)
+    third, compiled = _run(tmp_path, cache, devices)
     assert compiled
     np.testing.assert_array_equal(third, first)
     assert all(p.stat().st_size > 100 for p in programs)
