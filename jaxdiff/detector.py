@@ -153,14 +153,6 @@ def solid_angle(pixel_size: Array, airpath: Array, close_distance: Array, point:
     return pixel_size * pixel_size / airpath / airpath * close_distance / airpath
 
 
-def capture_fraction(
-    layer: Array, layer_thickness: Array, mu: Array, diffracted: Array, normal: Array
-) -> Array:
-    """Fraction of photons absorbed in sensor layer ``layer`` along ``diffracted``."""
-    parallax = jnp.sum(diffracted * normal, axis=-1)
-    return capture_from_parallax(layer, layer_thickness, mu, parallax)
-
-
 def capture_from_parallax(layer: Array, layer_thickness: Array, mu: Array, parallax: Array):
     """Absorbed fraction in layer ``layer`` for a ray with cosine ``parallax`` to the normal."""
     depth = layer_thickness * mu / parallax

@@ -21,7 +21,7 @@ from jaxdiff.config import SimConfig
 from jaxdiff.detector import capture_from_parallax, pixel_position_components, solid_angle
 
 
-def _geometry(sh, exp, cfg: SimConfig, spix, fpix, rendered):
+def evaluation_geometry(sh, exp, cfg: SimConfig, spix, fpix, rendered):
     """Per (layer·sub-pixel·source, pixel) quantities, component by component, pixels last."""
     det = exp.detector
     dtype = spix.dtype
@@ -84,6 +84,17 @@ def _geometry(sh, exp, cfg: SimConfig, spix, fpix, rendered):
         capture=per_q(capture),
         omega0=omega[0, 0],
         capture_last=capture[-1, 0],
+        # unflattened, for the trace: (L, Sub, P) and (L, Sub, Src, P), one entry per component
+        raw=dict(
+            pos=(x, y, z),
+            airpath=airpath,
+            diffracted=d,
+            scattering=s,
+            omega=omega,
+            capture=capture,
+            passes=passes,
+            polar=polar,
+        ),
     )
 
 
@@ -182,7 +193,7 @@ def _orientation_loop(sh, exp, cfg, g, pidx, tri, fresh, probe):
 def probe_block(sh, exp, cfg, spix, fpix, rendered, fresh):
     """First evaluation (flat index in loop order) of each pixel whose tricubic neighbourhood
     leaves the table (or the evaluation count), and whether any source passed -dmin."""
-    g = _geometry(sh, exp, cfg, spix, fpix, rendered)
+    g = evaluation_geometry(sh, exp, cfg, spix, fpix, rendered)
     first, _ = _orientation_loop(sh, exp, cfg, g, None, None, fresh, probe=True)
     n_eval = first.shape[0] * sh.stale.shape[0] * sh.stale.shape[1]
     first = jnp.min(first, axis=0)
@@ -191,7 +202,7 @@ def probe_block(sh, exp, cfg, spix, fpix, rendered, fresh):
 
 def render_block(sh, exp, cfg, spix, fpix, pidx, rendered, tri, fresh):
     """Pixel values (P,) of a block, and whether any source of each pixel passed -dmin."""
-    g = _geometry(sh, exp, cfg, spix, fpix, rendered)
+    g = evaluation_geometry(sh, exp, cfg, spix, fpix, rendered)
     carry, first_q = _orientation_loop(sh, exp, cfg, g, pidx, tri, fresh, probe=False)
     any_pass = jnp.any(g["passes"], axis=0)
     if isinstance(carry, tuple):

@@ -25,17 +25,14 @@ import jax.numpy as jnp
 from jax import Array
 
 from jaxdiff import physics
-from jaxdiff.beam import R_E_SQR, Beam, polarization_factor, water_background
+from jaxdiff.beam import R_E_SQR, Beam, water_background
 from jaxdiff.config import SimConfig
 from jaxdiff.crystal import Crystal, cell_vectors, mosaic_matrices, phi_angles, phi_orientations
 from jaxdiff.detector import (
     Detector,
-    capture_fraction,
     detector_geometry,
-    pixel_positions,
-    solid_angle,
 )
-from jaxdiff.render import probe_block, render_block
+from jaxdiff.render import evaluation_geometry, probe_block, render_block
 
 
 @jax.tree_util.register_dataclass
@@ -92,33 +89,26 @@ def _orientations(exp: Experiment, cfg: SimConfig):
 
 
 def _evaluate(sh: _Shared, exp: Experiment, cfg: SimConfig, spix, fpix, rendered, fresh: bool):
-    """All per-evaluation quantities for a block of pixels (P,).
+    """All per-evaluation quantities for a block of pixels (P,), for the trace.
 
-    Evaluation axes follow nanoBragg's loop order: (P, layer, subpixel, source, φ, mosaic).
+    Evaluation axes follow nanoBragg's loop order: (P, layer, subpixel, source, φ, mosaic). The
+    geometry is the image kernel's own (:func:`jaxdiff.render.evaluation_geometry`), laid out
+    pixels first; only the per-orientation quantities are formed here.
     """
-    det, beam = exp.detector, exp.beam
-    pos = pixel_positions(
-        sh.geom, spix, fpix, cfg.oversample, sh.depths, det.pixel_size, beam.direction, cfg.curved
-    )
-    airpath = jnp.sqrt(jnp.sum(pos * pos, axis=-1))
-    diffracted = pos / airpath[..., None]
-    omega = solid_angle(det.pixel_size, airpath, sh.geom.close_distance, cfg.point_pixel)
-    if cfg.absorption or cfg.oversample_thick:  # see render._geometry
-        capture = capture_fraction(
-            sh.layers[:, None], det.layer_thickness, det.mu, diffracted, sh.geom.normal
-        )
-    else:
-        capture = jnp.ones_like(airpath)
-    scattering = (diffracted[..., None, :] - sh.incident) / sh.wavelengths[:, None]
-    if cfg.dmin > 0.0:
-        stol = 0.5 * jnp.sqrt(jnp.sum(scattering * scattering, axis=-1))
-        passes = ~((stol > 0.0) & (cfg.dmin > 0.5 / jnp.where(stol > 0.0, stol, 1.0)))
-    else:
-        passes = jnp.ones(scattering.shape[:-1], dtype=bool)
-    passes = passes & rendered[:, None, None, None]
-    polar = polarization_factor(
-        beam.polarization, sh.incident, diffracted[..., None, :], beam.polar_vector
-    )
+    raw = evaluation_geometry(sh, exp, cfg, spix, fpix, rendered)["raw"]
+
+    def pixels_first(parts):  # components (L, Sub[, Src], P) -> (P, L, Sub[, Src], 3)
+        v = jnp.stack(parts, axis=-1)
+        return jnp.moveaxis(v, -2, 0)
+
+    pos = pixels_first(raw["pos"]).astype(spix.dtype)
+    diffracted = pixels_first(raw["diffracted"]).astype(spix.dtype)
+    scattering = pixels_first(raw["scattering"]).astype(spix.dtype)
+    airpath = jnp.moveaxis(raw["airpath"], -1, 0).astype(spix.dtype)
+    omega = jnp.moveaxis(raw["omega"], -1, 0)
+    capture = jnp.moveaxis(raw["capture"], -1, 0)
+    passes = jnp.moveaxis(raw["passes"], -1, 0)
+    polar = jnp.moveaxis(raw["polar"], -1, 0)
     hkl = jnp.einsum("plsxi,fmji->plsxfmj", scattering, sh.stale)
     flat_pass = passes.reshape(passes.shape[0], -1)
     first_loop = jnp.argmax(flat_pass, axis=1)
