@@ -26,6 +26,7 @@ import jaxlib
 from jaxdiff.io.atomic import atomic_output
 
 _loaded: dict[str, Callable] = {}
+_OPTIONS = {"xla_embed_ir_in_executable": False}
 _enabled = False
 
 
@@ -91,25 +92,50 @@ def call(name: str, jitted, static: dict, *args):
     if not _enabled or root is None:
         return jitted(*args, **static)
     key = _key(name, static, args)
+    path = root / "programs" / f"{name}-{key[:32]}.bin"
     program = _loaded.get(key)
+    if program is None and (program := _load(path)) is not None:
+        try:
+            out = program(*args)
+        except jax.errors.JaxRuntimeError:  # an entry that cannot run: compile again
+            path.unlink(missing_ok=True)
+            program = None
+        else:
+            _loaded[key] = program
+            return out
     if program is None:
-        program = _load(root / "programs" / f"{name}-{key[:32]}.bin")
-    if program is None:
-        # compiled afresh: an executable that JAX's own cache deserialized can lack the code
-        # of some of its fusions when it is serialized again
-        program = _compile_afresh(jitted, static, args)
-        _store(root / "programs" / f"{name}-{key[:32]}.bin", program)
-    _loaded[key] = program
+        program, keep = _compile_afresh(jitted, static, args)
+        if keep:
+            _store(path, program)
+        _loaded[key] = program
     return program(*args)
 
 
 def _compile_afresh(jitted, static: dict, args: tuple):
+    """Compile without JAX's persistent cache: an executable that cache deserialized can lack
+    the code of some of its kernels when it is serialized again. Returns the program and
+    whether it is safe to keep (no persistent-cache hit was reported while compiling)."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    hits = []
+
+    def listener(event, **_):
+        if event == "/jax/compilation_cache/cache_hits":
+            hits.append(event)
+
     previous = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()  # JAX decides once per process whether the cache is used
+    jax.monitoring.register_event_listener(listener)
     try:
-        return jitted.lower(*args, **static).compile()
+        # an option of its own keeps this compile apart from any in-memory or on-disk entry
+        # of the same program compiled by a plain call
+        lowered = jitted.lower(*args, **static)
+        return lowered.compile(compiler_options=_OPTIONS), not hits
     finally:
+        jax.monitoring.unregister_event_listener(listener)
         jax.config.update("jax_enable_compilation_cache", previous)
+        compilation_cache.reset_cache()
 
 
 def _load(path: Path):

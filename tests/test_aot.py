@@ -66,3 +66,40 @@ def test_cache_off_writes_no_programs(tmp_path):
     _jaxdiff(tmp_path, JAXDIFF_CACHE_DIR="off", HOME=str(tmp_path))
     assert not (tmp_path / ".cache").exists()
     assert np.fromfile(tmp_path / "out.bin", "<f4").max() > 0.0
+
+
+MIXED = """
+import sys, jax
+jax.config.update("jax_enable_x64", True)
+from jaxdiff import aot, build, simulate
+flags = sys.argv[1].split()
+aot.enable()
+setup = build(flags)
+image = simulate(setup.experiment, setup.config)  # a plain call first
+if sys.argv[2] == "both":
+    image = aot.call("simulate", simulate, {"cfg": setup.config}, setup.experiment)
+print(float(image.sum()))
+"""
+
+
+def test_programs_stay_whole_beside_plain_calls(tmp_path):
+    """A plain jit call, compiled or read from JAX's own cache, must not leave a program on
+    disk that lacks its kernels: the next process loads and runs what was kept."""
+    flags = " ".join(FLAGS[:19])
+    env = dict(os.environ, JAXDIFF_CACHE_DIR=str(tmp_path / "cache"))
+    sums = []
+    # 1: the plain call fills JAX's cache; 2: it is read from there, then the program kept;
+    # 3: the kept program runs
+    for mode in ("plain", "both", "both"):
+        res = subprocess.run(
+            [sys.executable, "-c", MIXED, flags, mode],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert res.returncode == 0, res.stderr
+        sums.append(float(res.stdout.split()[-1]))
+    assert sums[0] > 0.0 and sums.count(sums[0]) == 3
+    assert any((tmp_path / "cache" / "programs").glob("simulate-*.bin"))
