@@ -60,12 +60,19 @@ def sinpi(x: Array) -> Array:
     return jnp.where(odd, -s, s)
 
 
+def _offset(h: Array) -> tuple[Array, Array, Array, Array]:
+    """h's nearest whole index h0, the offset d = h - h0, whether d is within the Bragg-peak
+    branch (|d| < 1e-5), and d with that branch replaced by a harmless 1/4."""
+    h0 = nearest_index(h)
+    d = h - h0
+    small = jnp.abs(d) < 1e-5
+    return h0, d, small, jnp.where(small, 0.25, d)
+
+
 def _grating_parts(h: Array, n: Array) -> tuple[Array, Array, Array]:
     """Numerator and denominator of |sin(Nπd)/sin(πd)| for d = h - round(h), and the
     reduced-form value to use where d is tiny (a Bragg peak): N(1 - (N²-1)π²d²/6)."""
-    d = h - nearest_index(h)
-    small = jnp.abs(d) < 1e-5
-    safe = jnp.where(small, 0.25, d)
+    _, d, small, safe = _offset(h)
     num, _ = sinpi_reduced(n * safe)
     den, _ = sinpi_reduced(safe)
     peak = n * (1.0 - (n * n - 1.0) * d * d * (math.pi * math.pi / 6.0))
@@ -80,10 +87,7 @@ def sincg(h: Array, n: Array) -> Array:
     a Taylor form gives the value N and a finite gradient. The sign (-1)^((N-1)h0) is exact for
     integer N; the transform is used squared, so fitted non-integer N only sees |value|.
     """
-    h0 = nearest_index(h)
-    d = h - h0
-    small = jnp.abs(d) < 1e-5
-    safe = jnp.where(small, 0.25, d)
+    h0, d, small, safe = _offset(h)
     peak = n * (1.0 - (n * n - 1.0) * d * d * (math.pi * math.pi / 6.0))
     ratio = jnp.where(small, peak, sinpi(n * safe) / sinpi(safe))
     parity = jnp.mod(jnp.round(n - 1.0) * h0, 2.0)
@@ -116,9 +120,7 @@ def _grating_log_slopes(h: Array, n: Array) -> tuple[Array, Array]:
     the lattice factor and its slope vanish together and both are set to zero; near a Bragg
     peak the Taylor form of q is differentiated instead.
     """
-    d = h - nearest_index(h)
-    small = jnp.abs(d) < 1e-5
-    safe = jnp.where(small, 0.25, d)
+    _, d, small, safe = _offset(h)
     s1, c1 = _sincospi_reduced(n * safe)
     s0, c0 = _sincospi_reduced(safe)
     zero = s1 == 0.0
