@@ -27,7 +27,7 @@ from jaxdiff.io.atomic import atomic_output
 
 _loaded: dict[str, Callable] = {}
 _OPTIONS = {"xla_embed_ir_in_executable": False}
-_enabled = False
+_root: Path | None = None  # set by enable(): where this process keeps programs
 
 
 def cache_root() -> Path | None:
@@ -44,12 +44,11 @@ def enable() -> None:
     Points JAX's persistent compilation cache at ``<cache>/xla`` for every compile, and lets
     :func:`call` keep whole executables in ``<cache>/programs``.
     """
-    global _enabled
-    root = cache_root()
-    if root is None:
+    global _root
+    _root = cache_root()
+    if _root is None:
         return
-    _enabled = True
-    jax.config.update("jax_compilation_cache_dir", str(root / "xla"))
+    jax.config.update("jax_compilation_cache_dir", str(_root / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
@@ -88,11 +87,10 @@ def call(name: str, jitted, static: dict, *args):
     ``name`` names the program in the key; ``static`` holds the jit-static keyword arguments
     (hashable, with a stable ``repr``). Unless :func:`enable` was called this is a plain call.
     """
-    root = cache_root()
-    if not _enabled or root is None:
+    if _root is None:
         return jitted(*args, **static)
     key = _key(name, static, args)
-    path = root / "programs" / f"{name}-{key[:32]}.bin"
+    path = _root / "programs" / f"{name}-{key[:32]}.bin"
     program = _loaded.get(key)
     if program is None and (program := _load(path)) is not None:
         try:
