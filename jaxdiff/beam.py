@@ -148,4 +148,4 @@ def polarization_factor(kahn: Array, incident: Array, diffracted: Array, axis: A
 
 def energy_to_wavelength(energy_ev: float) -> float:
     """Wavelength [m] of a photon energy [eV] with nanoBragg's constant 12398.42 eV·Å."""
-    return 12398.42 / energy_ev * 1e-10
+    return 12398.42 / energy_ev / 1.0e10

@@ -13,6 +13,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 
+from jaxdiff.beam import energy_to_wavelength
 from jaxdiff.errors import InputError
 
 RTD = 180.0 / math.pi
@@ -288,7 +289,7 @@ def _roi(o, flag, vals):
 
 
 def _energy(o, flag, vals):
-    o.lambda0 = 12398.42 / _number(flag, vals[0]) / 1.0e10
+    o.lambda0 = energy_to_wavelength(_number(flag, vals[0]))
 
 
 def _div(attrs, conv=_number, scale=1e-3):
@@ -300,14 +301,9 @@ def _div(attrs, conv=_number, scale=1e-3):
     return apply
 
 
-def _file(attr):
-    def apply(o, flag, vals):
-        setattr(o, attr, vals[0])
+def _path(attr, enable=None):
+    """A file name (input or output); an output may also switch its writer on (``enable``)."""
 
-    return apply
-
-
-def _output(attr, enable=None):
     def apply(o, flag, vals):
         setattr(o, attr, vals[0])
         if enable:
@@ -453,19 +449,19 @@ RULES: list[Rule] = [
     Rule(_has_len("-phistep", 8), 1, _set("phistep", scale=1 / RTD)),
     Rule(_has("-phisteps"), 1, _set("phisteps", _integer)),
     Rule(_has("-dmin"), 1, _set("dmin", scale=1e-10)),
-    Rule(_has("-mat"), 1, _file("matfile")),
-    Rule(_has("-hkl"), 1, _file("hklfile")),
+    Rule(_has("-mat"), 1, _path("matfile")),
+    Rule(_has("-hkl"), 1, _path("hklfile")),
     Rule(_has("-default_F"), 1, _set("default_F")),
-    Rule(_has("-img"), 1, _file("imgfile")),
-    Rule(lambda a: "-stolout" in a and len(a) > 7, 1, _file("stolfile")),
-    Rule(_has_len("-stol", 5), 1, _file("stolfile")),
-    Rule(_has_len("-4stol", 6), 1, _file("stolfile")),
-    Rule(_has_len("-Q", 2), 1, _file("stolfile")),
-    Rule(_has("-sourcefile"), 1, _file("sourcefile")),
-    Rule(_has("-floatfile", "-floatimage"), 1, _output("floatfile")),
-    Rule(_has("-intfile", "-intimage"), 1, _output("intfile")),
-    Rule(_has("-pgmfile", "-pgmimage"), 1, _output("pgmfile", "write_pgm")),
-    Rule(_has("-noisefile", "-noiseimage"), 1, _output("noisefile", "calculate_noise")),
+    Rule(_has("-img"), 1, _path("imgfile")),
+    Rule(lambda a: "-stolout" in a and len(a) > 7, 1, _path("stolfile")),
+    Rule(_has_len("-stol", 5), 1, _path("stolfile")),
+    Rule(_has_len("-4stol", 6), 1, _path("stolfile")),
+    Rule(_has_len("-Q", 2), 1, _path("stolfile")),
+    Rule(_has("-sourcefile"), 1, _path("sourcefile")),
+    Rule(_has("-floatfile", "-floatimage"), 1, _path("floatfile")),
+    Rule(_has("-intfile", "-intimage"), 1, _path("intfile")),
+    Rule(_has("-pgmfile", "-pgmimage"), 1, _path("pgmfile", "write_pgm")),
+    Rule(_has("-noisefile", "-noiseimage"), 1, _path("noisefile", "calculate_noise")),
     Rule(_has("-nonoise"), 0, _flag("calculate_noise", False)),
     Rule(_has("-nopgm"), 0, _flag("write_pgm", False)),
     Rule(_has("-scale"), 1, _set("intfile_scale")),
@@ -487,7 +483,7 @@ RULES: list[Rule] = [
     Rule(_has("-mosaic_seed"), 1, _seed("mosaic_seed")),
     Rule(_has("-misset_seed"), 1, _seed("misset_seed")),
     Rule(_has("-water"), 1, _set("water_size", scale=1e-6)),
-    Rule(_has("-mask"), 1, _file("maskfile")),
+    Rule(_has("-mask"), 1, _path("maskfile")),
 ]
 
 LONG_OPTIONS = {

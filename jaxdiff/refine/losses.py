@@ -34,6 +34,11 @@ def poisson_nll(
     return jnp.sum(terms)
 
 
+def _weights(observed: Array, weights: Array | None) -> Array:
+    """The least-squares weights: as given, or Poisson's 1 / max(observed, 1)."""
+    return 1.0 / jnp.maximum(observed, 1.0) if weights is None else weights
+
+
 def weighted_least_squares(
     model: Array,
     observed: Array,
@@ -43,9 +48,7 @@ def weighted_least_squares(
 ) -> Array:
     """½ Σ w (model + background - observed)²; by default w = 1 / max(observed, 1), Poisson's."""
     resid = model + background - observed
-    if weights is None:
-        weights = 1.0 / jnp.maximum(observed, 1.0)
-    terms = weights * resid * resid
+    terms = _weights(observed, weights) * resid * resid
     if mask is not None:
         terms = terms * mask
     return 0.5 * jnp.sum(terms)
@@ -67,9 +70,7 @@ def least_squares_curvature(
     weights: Array | None = None,
 ) -> Array:
     """Per-pixel second derivative of :func:`weighted_least_squares` about the model, w."""
-    if weights is None:
-        weights = 1.0 / jnp.maximum(observed, 1.0)
-    curv = jnp.broadcast_to(weights, jnp.shape(model))
+    curv = jnp.broadcast_to(_weights(observed, weights), jnp.shape(model))
     return curv if mask is None else curv * mask
 
 
