@@ -29,19 +29,23 @@ def fmt_g(x: float) -> str:
 
 
 def smv_header(lines: Sequence[str]) -> bytes:
-    """Build a 512-byte SMV header around ``lines``.
+    """Build an SMV header around ``lines``: 512 bytes, or the next multiple of 512 that holds it.
 
     The fixed opening (``HEADER_BYTES``, ``DIM``, ``BYTE_ORDER=little_endian``,
     ``TYPE=unsigned_short``) comes first, then each of ``lines`` followed by a newline (so each
-    line carries its own ``;``), then ``}`` and a form feed, padded with spaces to 512 bytes.
+    line carries its own ``;``), then ``}`` and a form feed, padded with spaces. The C program
+    writes ``HEADER_BYTES=512`` even when its text is longer, which shifts its pixels; here the
+    size is rounded up so that ``HEADER_BYTES`` always says where the pixels start.
     """
-    text = "{\nHEADER_BYTES=512;\nDIM=2;\nBYTE_ORDER=little_endian;\nTYPE=unsigned_short;\n"
-    text += "".join(f"{line}\n" for line in lines)
-    text += "}\f"
-    raw = text.encode("ascii")
-    if len(raw) > HEADER_BYTES:
-        raise ValueError(f"SMV header is {len(raw)} bytes, more than {HEADER_BYTES}")
-    return raw.ljust(HEADER_BYTES, b" ")
+    body = "DIM=2;\nBYTE_ORDER=little_endian;\nTYPE=unsigned_short;\n"
+    body += "".join(f"{line}\n" for line in lines)
+    body += "}\f"
+    size = HEADER_BYTES
+    while True:
+        raw = f"{{\nHEADER_BYTES={size};\n{body}".encode("ascii")
+        if len(raw) <= size:
+            return raw.ljust(size, b" ")
+        size = -(-len(raw) // HEADER_BYTES) * HEADER_BYTES
 
 
 def c_header_lines(
