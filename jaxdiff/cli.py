@@ -2,16 +2,63 @@
 
 Same flags, units and defaults as the C program (single dash); jaxdiff's own options take two
 dashes. A user's mistake prints one message and exits with status 2, leaving no output file.
+``--frames N`` renders a rotation series in one process, and ``--commands FILE`` renders one
+command line per line of FILE, paying start-up and compilation once.
 """
 
 from __future__ import annotations
 
+import os
+import shlex
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from jaxdiff.errors import InputError
+
+USAGE = """\
+usage: jaxdiff [nanoBragg flags] [--frames N] [--hdf5 FILE] [--dtype float64|float32]
+       jaxdiff --commands FILE [options added to every line]
+
+Renders the diffraction image a nanoBragg command line describes, with the C program's flags,
+units and defaults (lengths in mm, angles in degrees, wavelengths in Angstrom).
+
+crystal      -cell a b c al be ga | -mat A.mat   -misset rx ry rz | -misset random
+             -N n | -Na -Nb -Nc | -xtalsize -samplesize (mm)   -mosaic deg -mosaic_dom n
+             -round_xtal -gauss_xtal -tophat_spots -fudge   -hkl FILE -default_F F
+             -nointerpolate -interpolate
+rotation     -phi deg -osc deg -phistep deg -phisteps n -spindle_axis x y z
+beam         -lambda A | -energy eV   -dispersion % -dispsteps n   -divergence mrad
+             -hdivrange -vdivrange -hdivstep -vdivstep -divsteps   -sourcefile FILE
+             -fluence | -flux -exposure -beamsize   -polar k -nopolar -beam_vector x y z
+detector     -distance mm -close_distance mm -pixel mm -detpixels n | -detpixels_x -detpixels_y
+             -detsize mm   -Xbeam -Ybeam -Xclose -Yclose -ORGX -ORGY
+             -mosflm -xds -dials -adxv -denzo -pivot beam|sample
+             -fdet_vector -sdet_vector -odet_vector -twotheta_axis x y z
+             -detector_rotx -detector_roty -detector_rotz -twotheta deg
+             -detector_thick um -detector_thicksteps n -detector_abs um
+             -curved_det -point_pixel -oversample n -roi xmin xmax ymin ymax -mask FILE -img FILE
+outputs      -floatfile FILE -intfile FILE -noisefile FILE -pgmfile FILE (defaults as nanoBragg)
+             -nonoise -nopgm -scale s -adc counts -pgmscale s -seed n -trace_pixel slow fast
+jaxdiff      --frames N              N oscillation frames: frame k starts at phi+(k-1)*osc;
+                                     a run of '#' in an output name is the frame number
+                                     (image_#####.img); frame k's noise is that of -seed s+k-1
+             --hdf5 FILE             also write an NXmx (NeXus) file with the model
+             --dtype float64|float32 float64 (default) is the reference path
+             --phi-carryover-mode spec|c-parity
+             --commands FILE         one command line per line of FILE (# comments)
+             -h, --help              this summary
+
+Exit status: 0 done, 2 bad input (one message naming the flag or file), 1 internal error.
+"""
+
+FDUMP = "Fdump.bin"
+# per evaluation a block holds a few dozen arrays of this many bytes each (geometry, Miller
+# indices, factors, accumulators); the estimate refuses problems that cannot fit long before
+# the allocator would
+_BYTES_PER_ITEM = 8 * 48
 
 
 def _stats(image: np.ndarray, rendered: np.ndarray, roi_mask: np.ndarray):
@@ -29,60 +76,53 @@ def _stats(image: np.ndarray, rendered: np.ndarray, roi_mask: np.ndarray):
     return max_i, where, avg, rms, rmsd
 
 
-def run(argv: list[str]) -> int:
-    """Render the image a nanoBragg command line describes and write its output files."""
-    import jax
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 1 << 36
 
-    jax.config.update("jax_enable_x64", True)
-    from jaxdiff import aot
 
-    aot.enable()
-    from jaxdiff.experiment import build
-    from jaxdiff.io import (
-        auto_int_scale,
-        auto_pgm_scale,
-        c_header_lines,
-        fmt_g,
-        noise_image,
-        to_int_image,
-        write_float_image,
-        write_pgm,
-        write_smv,
+def check_size(setup) -> None:
+    """Refuse a problem whose smallest block of work cannot fit in memory, naming the flag
+    that drives it (the sub-pixel count comes from -oversample, or from the crystal size when
+    the C program's rule picks it)."""
+    cfg, exp = setup.config, setup.experiment
+    per_pixel = cfg.thicksteps * cfg.oversample**2 * int(exp.beam.source_dirs.shape[0])
+    need = max(per_pixel, 1) * _BYTES_PER_ITEM
+    have = _memory_bytes()
+    if need <= have // 2:
+        return
+    o = setup.options
+    if o.oversample > 0:
+        driver = f"-oversample {o.oversample}"
+    else:
+        driver = (
+            f"the crystal size (-N/-Na/-Nb/-Nc/-xtalsize: {o.Na:g} x {o.Nb:g} x {o.Nc:g} cells) "
+            f"through the automatic -oversample {cfg.oversample}"
+        )
+    raise InputError(
+        f"{driver}: one pixel needs {per_pixel:.3g} evaluations at a time "
+        f"({need / 2**30:.3g} GiB), more than this machine's {have / 2**30:.3g} GiB; "
+        "give a smaller -oversample or crystal"
     )
-    from jaxdiff.simulate import simulate
 
-    setup = build(argv)
-    o, cfg = setup.options, setup.config
-    print(
-        f"jaxdiff: {cfg.spixels}x{cfg.fpixels} pixels, {setup.steps} steps per pixel, "
-        f"{cfg.dtype}, phi carryover {cfg.carryover}"
-    )
-    start = time.perf_counter()
-    image = np.asarray(aot.call("simulate", simulate, {"cfg": cfg}, setup.experiment))
-    image = image.astype(np.float32)
-    print(f"rendered in {time.perf_counter() - start:.2f} s")
-    if o.trace_pixel is not None:
-        from jaxdiff.trace import trace_lines
 
-        print("\n".join(trace_lines(setup, *o.trace_pixel)))
+def _frame_names(name: str, frames: int) -> list[str]:
+    """Output names of each frame: the '#' run numbers them; a name without one gets
+    ``_#####`` before its extension when there are several frames."""
+    from jaxdiff.io.frames import frame_paths, is_template
 
-    fmin, fmax, smin, smax = cfg.roi
-    roi_mask = np.zeros(image.shape, dtype=bool)
-    roi_mask[smin : smax + 1, fmin : fmax + 1] = True
-    rendered = roi_mask & (np.asarray(setup.experiment.mask) != 0)
-    max_i, where, avg, rms, rmsd = _stats(image, rendered, roi_mask)
-    # C reports the position of the maximum pixel's last sub-pixel, in metres
-    sub = float(setup.experiment.detector.pixel_size) / cfg.oversample
-    last = cfg.oversample - 0.5
-    at = (sub * (where[1] * cfg.oversample + last), sub * (where[0] * cfg.oversample + last))
-    print(
-        f"max_I = {fmt_g(max_i)}  at {fmt_g(at[0])} {fmt_g(at[1])} "
-        f"(pixel slow {where[0]}, fast {where[1]})"
-    )
-    print(f"mean= {fmt_g(avg)} rms= {fmt_g(rms)} rmsd= {fmt_g(rmsd)}")
+    if frames > 1 and not is_template(name):
+        path = Path(name)
+        name = str(path.with_name(f"{path.stem}_#####{path.suffix}"))
+    return frame_paths(name, frames)
 
-    h = setup.header
-    lines = c_header_lines(
+
+def _header_lines(h: dict, phi0: float) -> list[str]:
+    from jaxdiff.io import c_header_lines
+
+    return c_header_lines(
         h["fpixels"],
         h["spixels"],
         h["pixel_size"],
@@ -97,42 +137,233 @@ def run(argv: list[str]) -> int:
         h["orgx"],
         h["orgy"],
         h["close_distance"],
-        h["phi0"],
+        phi0,
         h["osc"],
         h["twotheta"],
     )
-    write_float_image(o.floatfile, image)
-    print(f"wrote {o.floatfile}")
-    if o.hdf5:
-        from jaxdiff.io.hdf5 import write_hdf5
 
-        write_hdf5(o.hdf5, image, setup.experiment, cfg)
-        print(f"wrote {o.hdf5}")
-    scale = o.intfile_scale if o.intfile_scale > 0.0 else auto_int_scale(max_i)
-    write_smv(o.intfile, to_int_image(image, scale, o.adc_offset, roi_mask), lines)
-    print(f"intfile_scale = {fmt_g(scale)}")
-    print(f"wrote {o.intfile}")
-    if o.write_pgm:
-        pgm_scale = o.pgm_scale if o.pgm_scale > 0.0 else auto_pgm_scale(rmsd, scale)
-        write_pgm(o.pgmfile, image, pgm_scale, roi_mask)
-        print(f"wrote {o.pgmfile}")
-    if o.calculate_noise:
-        seed = o.seed if o.seed is not None else -int(time.time())
-        noisy, photons, overloads = noise_image(image, seed, o.adc_offset, roi_mask)
-        write_smv(o.noisefile, noisy, lines)
-        print(f"{photons:.0f} photons on noise image ({overloads} overloads)")
-        print(f"wrote {o.noisefile}")
+
+def _frame_experiment(experiment, phi0: float):
+    """The experiment with the crystal's first φ moved to ``phi0`` (same leaf types, so the
+    compiled program is reused)."""
+    import dataclasses
+
+    import jax
+
+    crystal = dataclasses.replace(experiment.crystal, phi0=jax.device_put(float(phi0)))
+    return dataclasses.replace(experiment, crystal=crystal)
+
+
+def run(argv: list[str]) -> int:
+    """Render the image(s) a nanoBragg command line describes and write its output files."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    from jaxdiff import aot
+
+    aot.enable()
+    from jaxdiff.experiment import build
+
+    setup = build(argv)
+    return render_and_write(setup)
+
+
+def render_and_write(setup) -> int:
+    """Render a built set-up (every frame of it) and write the C program's outputs."""
+    from jaxdiff import aot
+    from jaxdiff.io import (
+        auto_int_scale,
+        auto_pgm_scale,
+        fmt_g,
+        noise_image,
+        to_int_image,
+        write_float_image,
+        write_pgm,
+        write_smv,
+    )
+    from jaxdiff.simulate import simulate
+
+    o, cfg = setup.options, setup.config
+    check_size(setup)
+    frames = o.frames
+    names = {
+        "float": _frame_names(o.floatfile, frames),
+        "int": _frame_names(o.intfile, frames),
+        "pgm": _frame_names(o.pgmfile, frames),
+        "noise": _frame_names(o.noisefile, frames),
+    }
+    osc = setup.header["osc"]
+    phis = [o.phi0 + k * osc for k in range(frames)]
+    print(
+        f"jaxdiff: {cfg.spixels}x{cfg.fpixels} pixels, {setup.steps} steps per pixel, "
+        f"{cfg.dtype}, phi carryover {cfg.carryover}"
+        + (f", {frames} frames of {np.degrees(osc):g} deg" if frames > 1 else "")
+    )
+    if frames == 1:
+        experiments = [setup.experiment]
+    else:
+        experiments = [_frame_experiment(setup.experiment, phi) for phi in phis]
+
+    def dispatch(k):
+        return aot.call("simulate", simulate, {"cfg": cfg}, experiments[k])
+
+    fmin, fmax, smin, smax = cfg.roi
+    roi_mask = np.zeros((cfg.spixels, cfg.fpixels), dtype=bool)
+    roi_mask[smin : smax + 1, fmin : fmax + 1] = True
+    rendered = roi_mask & (np.asarray(setup.experiment.mask) != 0)
+    base_seed = o.seed if o.seed is not None else -int(time.time())
+    keep = {"float": [], "int": [], "noise": []}
+    start = time.perf_counter()
+    pending = dispatch(0)
+    for k in range(frames):
+        image = np.asarray(pending).astype(np.float32)
+        if k + 1 < frames:  # the next frame renders while this one is written
+            pending = dispatch(k + 1)
+        if frames > 1:
+            print(
+                f"frame {k + 1}/{frames}: phi {np.degrees(phis[k]):g} deg, "
+                f"{time.perf_counter() - start:.2f} s"
+            )
+        else:
+            print(f"rendered in {time.perf_counter() - start:.2f} s")
+        if k == 0 and o.trace_pixel is not None:
+            from jaxdiff.trace import trace_lines
+
+            print("\n".join(trace_lines(setup, *o.trace_pixel)))
+
+        max_i, where, avg, rms, rmsd = _stats(image, rendered, roi_mask)
+        # C reports the position of the maximum pixel's last sub-pixel, in metres
+        sub = float(setup.experiment.detector.pixel_size) / cfg.oversample
+        last = cfg.oversample - 0.5
+        at = (sub * (where[1] * cfg.oversample + last), sub * (where[0] * cfg.oversample + last))
+        print(
+            f"max_I = {fmt_g(max_i)}  at {fmt_g(at[0])} {fmt_g(at[1])} "
+            f"(pixel slow {where[0]}, fast {where[1]})"
+        )
+        print(f"mean= {fmt_g(avg)} rms= {fmt_g(rms)} rmsd= {fmt_g(rmsd)}")
+
+        lines = _header_lines(setup.header, phis[k])
+        write_float_image(names["float"][k], image)
+        print(f"wrote {names['float'][k]}")
+        scale = o.intfile_scale if o.intfile_scale > 0.0 else auto_int_scale(max_i)
+        int_image = to_int_image(image, scale, o.adc_offset, roi_mask)
+        write_smv(names["int"][k], int_image, lines)
+        print(f"intfile_scale = {fmt_g(scale)}")
+        print(f"wrote {names['int'][k]}")
+        if o.write_pgm:
+            pgm_scale = o.pgm_scale if o.pgm_scale > 0.0 else auto_pgm_scale(rmsd, scale)
+            write_pgm(names["pgm"][k], image, pgm_scale, roi_mask)
+            print(f"wrote {names['pgm'][k]}")
+        noisy = None
+        if o.calculate_noise:
+            noisy, photons, overloads = noise_image(image, base_seed - k, o.adc_offset, roi_mask)
+            write_smv(names["noise"][k], noisy, lines)
+            print(f"{photons:.0f} photons on noise image ({overloads} overloads)")
+            print(f"wrote {names['noise'][k]}")
+        if o.hdf5:
+            keep["float"].append(image)
+            keep["int"].append(int_image)
+            keep["noise"].append(noisy)
+    if o.hdf5:
+        _write_hdf5(o.hdf5, keep, experiments, setup, osc)
+    return 0
+
+
+def _write_hdf5(path: str, keep: dict, experiments: list, setup, osc: float) -> None:
+    from jaxdiff.io.hdf5 import write_hdf5
+
+    noise = keep["noise"]
+    write_hdf5(
+        path,
+        np.stack(keep["float"]),
+        experiments,
+        setup.config,
+        oscillation=(setup.options.phi0, osc),
+        int_images=np.stack(keep["int"]),
+        noise_images=np.stack(noise) if noise and noise[0] is not None else None,
+    )
+    print(f"wrote {path}")
+
+
+def _guarded(fn, argv: list[str], where: str = "") -> int:
+    """Run ``fn(argv)``: a user's mistake is one line and status 2; anything else is a bug in
+    jaxdiff, reported in one line with status 1 (``JAXDIFF_DEBUG=1`` shows the traceback)."""
+    try:
+        return fn(argv)
+    except InputError as err:
+        print(f"{where}jaxdiff: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - the one place that turns a bug into a message
+        if os.environ.get("JAXDIFF_DEBUG"):
+            raise
+        if "RESOURCE_EXHAUSTED" in str(err) or isinstance(err, MemoryError):
+            print(f"{where}jaxdiff: error: out of memory: {str(err)[:200]}", file=sys.stderr)
+            return 2
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        print(
+            f"{where}jaxdiff: internal error: {type(err).__name__}: {first} "
+            "(a bug in jaxdiff; JAXDIFF_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def command_lines(path: str) -> list[tuple[int, list[str]]]:
+    """The command lines of a --commands file: (line number, arguments) for each line that is
+    not blank or a ``#`` comment; a leading program name (nanoBragg, jaxdiff) is dropped."""
+    from jaxdiff.io._text import read_lines
+
+    result = []
+    for number, line in enumerate(read_lines(path, "command file"), start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            args = shlex.split(text, comments=True)
+        except ValueError as err:
+            raise InputError(f"{path}:{number}: {err}") from None
+        if args and not args[0].startswith("-") and Path(args[0]).name in ("nanoBragg", "jaxdiff"):
+            args = args[1:]
+        result.append((number, args))
+    return result
+
+
+def run_commands(path: str, extra: list[str]) -> int:
+    """Render every command line of ``path`` in this process (``extra`` is added to each).
+
+    Each line gets its own outputs and its own errors, reported with its line number; a bad
+    line does not stop the others and makes the exit status 2 at the end.
+    """
+    try:
+        lines = command_lines(path)
+    except InputError as err:
+        print(f"jaxdiff: error: {err}", file=sys.stderr)
+        return 2
+    failed = []
+    for number, args in lines:
+        print(f"== {path}:{number}: {shlex.join(args)}")
+        if _guarded(run, args + extra, where=f"{path}:{number}: ") != 0:
+            failed.append(number)
+    if failed:
+        lines_text = ", ".join(str(n) for n in failed)
+        print(f"jaxdiff: {len(failed)} of {len(lines)} lines failed: {lines_text}", file=sys.stderr)
+        return 2
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jaxdiff`` command."""
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        return run(argv)
-    except InputError as err:
-        print(f"jaxdiff: error: {err}", file=sys.stderr)
-        return 2
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(arg in ("-h", "-help", "--help") for arg in argv):
+        print(USAGE, end="")
+        return 0
+    if "--commands" in argv:
+        i = argv.index("--commands")
+        if i + 1 >= len(argv):
+            print("jaxdiff: error: --commands: missing file name", file=sys.stderr)
+            return 2
+        return run_commands(argv[i + 1], argv[:i] + argv[i + 2 :])
+    return _guarded(run, argv)
 
 
 if __name__ == "__main__":

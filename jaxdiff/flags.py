@@ -118,6 +118,7 @@ class Options:
     carryover: str = "spec"
     dtype: str = "float64"
     hdf5: str | None = None
+    frames: int = 1
     given: set = dataclasses.field(default_factory=set)
 
 
@@ -145,7 +146,7 @@ def _number(flag: str, text: str) -> float:
 
 def _integer(flag: str, text: str) -> int:
     value = _number(flag, text)
-    if value != int(value):
+    if not math.isfinite(value) or value != int(value):
         raise InputError(f"{flag}: expected a whole number, got {text!r}")
     return int(value)
 
@@ -289,7 +290,10 @@ def _roi(o, flag, vals):
 
 
 def _energy(o, flag, vals):
-    o.lambda0 = energy_to_wavelength(_number(flag, vals[0]))
+    energy = _number(flag, vals[0])
+    if not energy > 0.0:
+        raise InputError(f"{flag}: photon energy must be positive, got {vals[0]} eV")
+    o.lambda0 = energy_to_wavelength(energy)
 
 
 def _div(attrs, conv=_number, scale=1e-3):
@@ -486,10 +490,20 @@ RULES: list[Rule] = [
     Rule(_has("-mask"), 1, _path("maskfile")),
 ]
 
+
+def _frame_count(flag: str, text: str) -> int:
+    count = _integer(flag, text)
+    if count < 1:
+        raise InputError(f"{flag}: the number of frames must be at least 1, got {text}")
+    return count
+
+
+# jaxdiff's own options: attribute, and the allowed values (a tuple), a converter, or None
 LONG_OPTIONS = {
     "--phi-carryover-mode": ("carryover", ("spec", "c-parity")),
     "--dtype": ("dtype", ("float64", "float32")),
     "--hdf5": ("hdf5", None),
+    "--frames": ("frames", _frame_count),
 }
 
 
@@ -540,7 +554,9 @@ def _long_option(o: Options, argv: list[str], i: int, consumed: list[bool]) -> N
         consumed[i + 1] = True
     else:
         raise InputError(f"{name}: missing value")
-    if choices and value not in choices:
+    if callable(choices):
+        value = choices(name, value)
+    elif choices and value not in choices:
         raise InputError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
     setattr(o, attr, value)
 

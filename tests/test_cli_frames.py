@@ -1,0 +1,159 @@
+"""The command line beyond one image: rotation series (--frames), many command lines in one
+process (--commands), the usage summary, long SMV headers, and problems too big to render."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import textwrap
+
+import numpy as np
+import pytest
+
+from jaxdiff.cli import main
+from jaxdiff.io import read_smv
+
+SMALL = (
+    "-cell 70 80 90 85 95 105 -misset 10 5 3 -default_F 100 -N 5 -lambda 1.0 -distance 100 "
+    "-pixel 0.1 -detpixels_x 48 -detpixels_y 40 -osc 1 -phisteps 3 -seed 7"
+).split()
+SUPERVISOR = (
+    "-mat inputs/A.mat -hkl inputs/scaled.hkl -nonoise -nointerpolate -oversample 1 -exposure 1 "
+    "-flux 1e18 -beamsize 1.0 -spindle_axis -1 0 0 -Xbeam 217.742295 -Ybeam 213.907080 "
+    "-distance 231.274660 -lambda 0.976800 -pixel 0.172 -detpixels_x 2463 -detpixels_y 2527 "
+    "-odet_vector -0.000088 0.004914 -0.999988 -sdet_vector -0.005998 -0.999970 -0.004913 "
+    "-fdet_vector 0.999982 -0.005998 -0.000118 -pix0_vector_mm -216.336293 215.205512 -230.200866 "
+    "-beam_vector 0.00051387949 0.0 -0.99999986 -Na 36 -Nb 47 -Nc 29 -osc 0.1 -phi 0 -phisteps 10 "
+    "-detector_rotx 0 -detector_roty 0 -detector_rotz 0 -twotheta 0"
+).split()
+
+
+def _dxtbx(script: str) -> dict:
+    """Run ``script`` with the system python's dxtbx; it prints one JSON object."""
+    done = subprocess.run(
+        ["/usr/bin/python3", "-c", textwrap.dedent(script)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_frames_equal_single_runs_at_their_phi(workdir):
+    outputs = ["-floatfile", "f_###.bin", "-intfile", "i_###.img", "-noisefile", "n_###.img"]
+    assert main(SMALL + ["-phi", "2", "--frames", "3", "-nopgm"] + outputs) == 0
+    for k, phi in enumerate((2, 3, 4), start=1):
+        single = ["-floatfile", "one.bin", "-intfile", "one.img", "-noisefile", "one_n.img"]
+        argv = SMALL + ["-phi", str(phi), "-nopgm"] + single
+        argv[argv.index("-seed") + 1] = str(7 + k - 1)  # frame k's noise is -seed s+k-1
+        assert main(argv) == 0
+        assert (workdir / f"f_{k:03d}.bin").read_bytes() == (workdir / "one.bin").read_bytes()
+        assert (workdir / f"i_{k:03d}.img").read_bytes() == (workdir / "one.img").read_bytes()
+        assert (workdir / f"n_{k:03d}.img").read_bytes() == (workdir / "one_n.img").read_bytes()
+    noise = [read_smv(workdir / f"n_{k:03d}.img")[1] for k in (1, 2, 3)]
+    assert not np.array_equal(noise[0], noise[1])
+
+
+def test_frames_without_a_template_are_numbered(workdir):
+    assert main(SMALL + ["--frames", "2", "-nopgm", "-nonoise", "-intfile", "run.img"]) == 0
+    assert sorted(p.name for p in workdir.glob("run_*.img")) == ["run_00001.img", "run_00002.img"]
+    assert (workdir / "floatimage_00002.bin").exists()
+
+
+def test_dxtbx_reads_the_smv_series_as_one_sweep(workdir):
+    argv = SMALL + ["-phi", "10", "--frames", "4", "-nopgm", "-nonoise", "-intfile", "s_####.img"]
+    assert main(argv) == 0
+    got = _dxtbx(
+        f"""
+        import json, glob
+        from dxtbx.model.experiment_list import ExperimentListFactory
+        files = sorted(glob.glob("{workdir}/s_*.img"))
+        experiments = ExperimentListFactory.from_filenames(files)
+        imagesets = experiments.imagesets()
+        scan = experiments[0].scan
+        print(json.dumps(dict(
+            imagesets=len(imagesets), images=len(imagesets[0]),
+            oscillation=list(scan.get_oscillation()), range=list(scan.get_image_range()),
+            axis=list(experiments[0].goniometer.get_rotation_axis()),
+            first=int(imagesets[0].get_raw_data(3)[0][5 * 48 + 7]))))
+        """
+    )
+    assert got["imagesets"] == 1 and got["images"] == 4
+    assert got["oscillation"] == pytest.approx([10.0, 1.0])
+    assert got["range"] == [1, 4]
+    assert got["first"] == int(read_smv(workdir / "s_0004.img")[1][5, 7])
+
+
+def test_commands_render_each_line_and_report_bad_ones(workdir, capsys):
+    lines = [
+        "# a parity sweep",
+        "nanoBragg " + " ".join(SMALL) + " -phi 0 -nopgm -floatfile a.bin -intfile a.img",
+        "",
+        " ".join(SMALL) + " -phi 0 -distance nowhere -floatfile b.bin",
+        "jaxdiff " + " ".join(SMALL) + " -phi 5 -nopgm -floatfile c.bin -intfile c.img",
+    ]
+    (workdir / "lines.txt").write_text("\n".join(lines) + "\n")
+    assert main(["--commands", "lines.txt", "-nonoise"]) == 2
+    err = capsys.readouterr().err
+    assert "lines.txt:4: jaxdiff: error: -distance: expected a number" in err
+    assert "1 of 3 lines failed: 4" in err
+    assert not (workdir / "b.bin").exists()
+    for name, phi in (("a", 0), ("c", 5)):
+        argv = SMALL + ["-phi", str(phi), "-nopgm", "-nonoise", "-floatfile", "x.bin"]
+        assert main(argv + ["-intfile", "x.img"]) == 0
+        assert (workdir / f"{name}.bin").read_bytes() == (workdir / "x.bin").read_bytes()
+        assert (workdir / f"{name}.img").read_bytes() == (workdir / "x.img").read_bytes()
+
+
+def test_missing_command_file(workdir, capsys):
+    assert main(["--commands", "none.txt"]) == 2
+    assert "none.txt: command file not found" in capsys.readouterr().err
+
+
+def test_help_prints_the_usage(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: jaxdiff")
+    for flag in ("-cell", "-mat", "-hkl", "-distance", "--frames", "--commands", "--hdf5"):
+        assert flag in out
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["-energy", "0"], "-energy: photon energy must be positive"),
+        (["-N", "1e9"], "crystal size (-N/-Na/-Nb/-Nc/-xtalsize"),
+        (["-oversample", "100000"], "-oversample 100000: one pixel needs"),
+        (["-detpixels", "inf"], "-detpixels: expected a whole number"),
+        (["--frames", "0"], "--frames: the number of frames must be at least 1"),
+    ],
+)
+def test_impossible_problems_are_refused(extra, needle, workdir, capsys):
+    assert main(SMALL + extra + ["-floatfile", "out.bin", "-nopgm"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1
+    assert not (workdir / "out.bin").exists()
+
+
+def test_supervisor_command_writes_a_readable_smv(workdir):
+    """The Pilatus command's header is longer than 512 bytes: HEADER_BYTES says 1024 and
+    fabio and dxtbx find the pixels there."""
+    import fabio
+
+    roi = ["-roi", "600", "727", "1000", "1127", "-intfile", "image_00001.img"]
+    assert main(SUPERVISOR + roi + ["-floatfile", "float.bin", "-nopgm"]) == 0
+    header, data = read_smv(workdir / "image_00001.img")
+    assert header["HEADER_BYTES"] == "1024"
+    assert data.shape == (2527, 2463) and data.max() > 40
+    np.testing.assert_array_equal(fabio.open(str(workdir / "image_00001.img")).data, data)
+    got = _dxtbx(
+        f"""
+        import json
+        from dxtbx.model.experiment_list import ExperimentListFactory
+        e = ExperimentListFactory.from_filenames(["{workdir}/image_00001.img"])[0]
+        raw = e.imageset.get_raw_data(0)[0].as_numpy_array()
+        print(json.dumps(dict(sum=int(raw.sum()), max=int(raw.max()),
+                              shape=list(raw.shape), distance=e.detector[0].get_distance())))
+        """
+    )
+    assert got["shape"] == [2527, 2463]
+    assert got["sum"] == int(data.sum()) and got["max"] == int(data.max())
+    assert got["distance"] == pytest.approx(231.27466, abs=1e-3)
