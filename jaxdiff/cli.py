@@ -64,13 +64,14 @@ _BYTES_PER_ITEM = 8 * 48
 def _stats(image: np.ndarray, rendered: np.ndarray, roi_mask: np.ndarray):
     """nanoBragg's run summary: max over rendered pixels (first in raster order) and its pixel,
     mean and rms over rendered pixels, rmsd about that mean over the whole ROI."""
-    values = image[rendered].astype(np.float64)
-    n = max(values.size, 1)
-    avg = float(values.sum()) / n
-    rms = float(np.sqrt(np.sum(values * values) / (max(values.size, 2) - 1)))
-    roi_vals = image[roi_mask].astype(np.float64)
-    rmsd = float(np.sqrt(np.sum((roi_vals - avg) ** 2) / (max(roi_vals.size, 2) - 1)))
-    masked = np.where(rendered, image, -np.inf)
+    everything = bool(rendered.all())
+    values = (image.ravel() if everything else image[rendered]).astype(np.float64)
+    avg = float(values.sum()) / max(values.size, 1)
+    rms = float(np.sqrt(np.dot(values, values) / (max(values.size, 2) - 1)))
+    roi_vals = values if everything else image[roi_mask].astype(np.float64)
+    roi_vals -= avg
+    rmsd = float(np.sqrt(np.dot(roi_vals, roi_vals) / (max(roi_vals.size, 2) - 1)))
+    masked = image if everything else np.where(rendered, image, -np.inf)
     where = np.unravel_index(np.argmax(masked), image.shape)
     max_i = float(masked[where]) if masked[where] > 0 else 0.0
     return max_i, where, avg, rms, rmsd

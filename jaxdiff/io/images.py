@@ -74,12 +74,17 @@ def to_int_image(
     if photons.ndim != 2:
         raise ValueError(f"float_image must be 2-D (slow, fast), got shape {photons.shape}")
     inside = _roi(roi_mask, photons.shape)
-    test = photons.astype(np.float64) * float(scale) + float(adc)
-    test = np.where(test > 65535.0, 65535.0, test)
-    test = np.where(test < 0.0, 0.0, test)
-    test = np.where(np.isnan(test), 0.0, test)
-    counts = np.floor((test + 0.5).astype(np.float32)).astype(np.uint16)
-    return np.where(inside, counts, np.uint16(0))
+    test = photons.astype(np.float64)
+    test *= float(scale)
+    test += float(adc)
+    np.clip(test, 0.0, 65535.0, out=test)
+    test[np.isnan(test)] = 0.0
+    test += 0.5
+    rounded = test.astype(np.float32)
+    np.floor(rounded, out=rounded)
+    counts = rounded.astype(np.uint16)
+    counts[~inside] = 0
+    return counts
 
 
 def auto_pgm_scale(rmsd: float, int_scale: float) -> float:
