@@ -8,6 +8,8 @@ command line per line of FILE, paying start-up and compilation once.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shlex
 import sys
@@ -155,8 +157,8 @@ def _frame_experiment(experiment, phi0: float):
     return dataclasses.replace(experiment, crystal=crystal)
 
 
-def run(argv: list[str]) -> int:
-    """Render the image(s) a nanoBragg command line describes and write its output files."""
+def prepare(argv: list[str]):
+    """Set up the process (float64, kept programs) and resolve a command line."""
     import jax
 
     jax.config.update("jax_enable_x64", True)
@@ -166,11 +168,25 @@ def run(argv: list[str]) -> int:
     from jaxdiff.experiment import build
 
     setup = build(argv)
-    return render_and_write(setup)
+    return setup
 
 
-def render_and_write(setup) -> int:
-    """Render a built set-up (every frame of it) and write the C program's outputs."""
+def run(argv: list[str]) -> int:
+    """Render the image(s) a nanoBragg command line describes and write its output files."""
+    job = render_job(prepare(argv))
+    next(job)
+    for _ in job:
+        pass
+    return 0
+
+
+def render_job(setup):
+    """Render a built set-up (every frame of it) and write the C program's outputs.
+
+    A generator: the first step checks the problem and starts the first render, which runs
+    while the caller does other work (the next command line's set-up); the rest waits for the
+    images and writes them.
+    """
     from jaxdiff import aot
     from jaxdiff.io import (
         auto_int_scale,
@@ -216,6 +232,7 @@ def render_and_write(setup) -> int:
     keep = {"float": [], "int": [], "noise": []}
     start = time.perf_counter()
     pending = dispatch(0)
+    yield
     for k in range(frames):
         image = np.asarray(pending).astype(np.float32)
         if k + 1 < frames:  # the next frame renders while this one is written
@@ -267,7 +284,6 @@ def render_and_write(setup) -> int:
             keep["noise"].append(noisy)
     if o.hdf5:
         _write_hdf5(o.hdf5, keep, experiments, setup, osc)
-    return 0
 
 
 def _write_hdf5(path: str, keep: dict, experiments: list, setup, osc: float) -> None:
@@ -286,27 +302,28 @@ def _write_hdf5(path: str, keep: dict, experiments: list, setup, osc: float) -> 
     print(f"wrote {path}")
 
 
-def _guarded(fn, argv: list[str], where: str = "") -> int:
-    """Run ``fn(argv)``: a user's mistake is one line and status 2; anything else is a bug in
-    jaxdiff, reported in one line with status 1 (``JAXDIFF_DEBUG=1`` shows the traceback)."""
+def _guarded(fn, *args, where: str = "") -> tuple[int, object]:
+    """``fn(*args)`` as ``(0, result)``; a user's mistake is one line and ``(2, None)``;
+    anything else is a bug in jaxdiff, reported in one line as ``(1, None)``
+    (``JAXDIFF_DEBUG=1`` shows the traceback)."""
     try:
-        return fn(argv)
+        return 0, fn(*args)
     except InputError as err:
         print(f"{where}jaxdiff: error: {err}", file=sys.stderr)
-        return 2
+        return 2, None
     except Exception as err:  # noqa: BLE001 - the one place that turns a bug into a message
         if os.environ.get("JAXDIFF_DEBUG"):
             raise
         if "RESOURCE_EXHAUSTED" in str(err) or isinstance(err, MemoryError):
             print(f"{where}jaxdiff: error: out of memory: {str(err)[:200]}", file=sys.stderr)
-            return 2
+            return 2, None
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         print(
             f"{where}jaxdiff: internal error: {type(err).__name__}: {first} "
             "(a bug in jaxdiff; JAXDIFF_DEBUG=1 shows the traceback)",
             file=sys.stderr,
         )
-        return 1
+        return 1, None
 
 
 def command_lines(path: str) -> list[tuple[int, list[str]]]:
@@ -329,11 +346,25 @@ def command_lines(path: str) -> list[tuple[int, list[str]]]:
     return result
 
 
+def _started(args: list[str]):
+    """Set up one command line and start its render: the job, or an error (a Python error
+    from the set-up is reported like any other)."""
+    job = render_job(prepare(args))
+    next(job)
+    return job
+
+
+def _finish(job) -> None:
+    for _ in job:
+        pass
+
+
 def run_commands(path: str, extra: list[str]) -> int:
     """Render every command line of ``path`` in this process (``extra`` is added to each).
 
     Each line gets its own outputs and its own errors, reported with its line number; a bad
-    line does not stop the others and makes the exit status 2 at the end.
+    line does not stop the others and makes the exit status 2 at the end. A line's render
+    starts before the previous line's files are written, so set-up and writing overlap it.
     """
     try:
         lines = command_lines(path)
@@ -341,13 +372,29 @@ def run_commands(path: str, extra: list[str]) -> int:
         print(f"jaxdiff: error: {err}", file=sys.stderr)
         return 2
     failed = []
-    for number, args in lines:
-        print(f"== {path}:{number}: {shlex.join(args)}")
-        if _guarded(run, args + extra, where=f"{path}:{number}: ") != 0:
+    previous = None  # (number, job) of the line whose files are still to be written
+
+    def finish(number, job):
+        if _guarded(_finish, job, where=f"{path}:{number}: ")[0] != 0:
             failed.append(number)
+
+    for number, args in lines:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status, job = _guarded(_started, args + extra, where=f"{path}:{number}: ")
+        if previous is not None:
+            finish(*previous)
+        print(f"== {path}:{number}: {shlex.join(args)}")
+        sys.stdout.write(out.getvalue())
+        sys.stderr.write(err.getvalue())
+        previous = (number, job) if status == 0 else None
+        if status != 0:
+            failed.append(number)
+    if previous is not None:
+        finish(*previous)
     if failed:
-        lines_text = ", ".join(str(n) for n in failed)
-        print(f"jaxdiff: {len(failed)} of {len(lines)} lines failed: {lines_text}", file=sys.stderr)
+        numbers = ", ".join(str(n) for n in sorted(failed))
+        print(f"jaxdiff: {len(failed)} of {len(lines)} lines failed: {numbers}", file=sys.stderr)
         return 2
     return 0
 
@@ -364,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             print("jaxdiff: error: --commands: missing file name", file=sys.stderr)
             return 2
         return run_commands(argv[i + 1], argv[:i] + argv[i + 2 :])
-    return _guarded(run, argv)
+    return _guarded(run, argv)[0]
 
 
 if __name__ == "__main__":
