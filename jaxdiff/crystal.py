@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from jaxdiff.io.noise import Ran1
+from jaxdiff.deviates import Ran1
 from jaxdiff.rotation import axis_angle_matrix, rotate_axis, rotate_xyz, rotation_vector_matrix
 
 

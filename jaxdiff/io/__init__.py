@@ -11,23 +11,22 @@ from jaxdiff.io.images import (
     write_pgm,
 )
 from jaxdiff.io.matrix import read_mosflm_matrix
-from jaxdiff.io.noise import Deviates, Ran1, gammln, noise_image
+from jaxdiff.io.noise import noise_image, noise_image_reference, poisson_deviates
 from jaxdiff.io.smv import c_header_lines, fmt_g, header_float, read_smv, smv_header, write_smv
 from jaxdiff.io.sources import SOURCE_COLUMNS, read_sourcefile
 
 __all__ = [
     "SOURCE_COLUMNS",
-    "Deviates",
     "HKLGrid",
-    "Ran1",
     "atomic_output",
     "auto_int_scale",
     "auto_pgm_scale",
     "c_header_lines",
     "fmt_g",
-    "gammln",
     "header_float",
     "noise_image",
+    "noise_image_reference",
+    "poisson_deviates",
     "read_fdump",
     "read_float_image",
     "read_hkl",

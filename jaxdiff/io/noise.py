@@ -1,179 +1,22 @@
-"""Photon-counting noise exactly as nanoBragg draws it (Numerical Recipes deviates).
+"""The noise image: Poisson noise and the ADC offset, bit for bit as nanoBragg writes it.
 
-The C program uses ``ran1``, ``gaussdev``, ``gammln`` and ``poidev`` from Numerical Recipes,
-with hidden ``static`` state and a mix of ``float`` and ``double`` arithmetic. Reproducing its
-noise image bit for bit needs the same state and the same rounding, so this module works with
-plain Python numbers: a Python ``float`` is a C ``double``, and :func:`_f32` rounds a double to
-the nearest ``float``. For ``+ - * /`` and ``sqrt`` of two floats, computing in double and then
-rounding once to float gives the correctly rounded float result, so ``_f32(a * b)`` is exactly
-C's ``a * b`` on two ``float`` operands.
+The C program walks the pixels in raster order, draws one Poisson deviate per pixel of the
+region of interest from a single generator (:mod:`jaxdiff.deviates`), adds the ADC offset,
+clips at 65535 and stores the count as an ``unsigned short``. Every draw depends on the state
+the previous one left, and the number of uniforms a pixel consumes depends on its value, so
+the walk is sequential: :func:`noise_image` runs it compiled (the ``_jaxdiff_noise`` module
+that ``pip install`` builds from src/_jaxdiff_noise.c), and :func:`noise_image_reference` is
+the same walk in readable Python over :class:`jaxdiff.deviates.Deviates`, the reference that
+the compiled one is tested against.
 """
 
 from __future__ import annotations
 
 import math
-import struct
 
 import numpy as np
 
-_F32 = struct.Struct("<f")
-
-# Park & Miller minimal standard generator with Bays-Durham shuffle (ran1 constants).
-_IA = 16807
-_IM = 2147483647
-_AM = 1.0 / _IM
-_IQ = 127773
-_IR = 2836
-_NTAB = 32
-_NDIV = 1 + (_IM - 1) // _NTAB
-_RNMX = 1.0 - 1.2e-7
-
-_GAMMLN_COF = (
-    76.18009172947146,
-    -86.50532032941677,
-    24.01409824083091,
-    -1.231739572450155,
-    0.1208650973866179e-2,
-    -0.5395239384953e-5,
-)
-
-
-def _f32(x: float) -> float:
-    """Round a double to the nearest float32 (C's implicit ``double`` -> ``float``)."""
-    try:
-        return _F32.unpack(_F32.pack(x))[0]
-    except OverflowError:
-        return math.copysign(math.inf, x)
-
-
-class Ran1:
-    """Uniform deviates in (0, 1) from nanoBragg's ``ran1`` (Numerical Recipes).
-
-    ``idum`` plays the role of the caller's ``long`` seed variable, and ``iy``/``iv`` the
-    routine's ``static`` shuffle table. A zero or negative ``idum`` (re)initialises the table,
-    as in C: nanoBragg's ``-seed N`` sets ``idum = -N``. In C the table is shared by every seed
-    variable (noise, mosaic, misset), so a positive seed continues the table another seed left;
-    to model that, keep one instance and assign a new ``idum`` to it.
-    """
-
-    __slots__ = ("idum", "iy", "iv")
-
-    def __init__(self, idum: int) -> None:
-        self.idum = int(idum)
-        self.iy = 0
-        self.iv = [0] * _NTAB
-
-    def _step(self, idum: int) -> int:
-        # Schrage's method; every intermediate fits a C long, and idum > 0 here, so Python's
-        # floor division equals C's truncating division.
-        k = idum // _IQ
-        idum = _IA * (idum - k * _IQ) - _IR * k
-        if idum < 0:
-            idum += _IM
-        return idum
-
-    def __call__(self) -> float:
-        """Return the next deviate: a float32 value (as a Python float) in (0, 1)."""
-        idum = self.idum
-        if idum <= 0 or not self.iy:
-            idum = 1 if -idum < 1 else -idum
-            iv = self.iv
-            for j in range(_NTAB + 7, -1, -1):
-                idum = self._step(idum)
-                if j < _NTAB:
-                    iv[j] = idum
-            self.iy = iv[0]
-        idum = self._step(idum)
-        self.idum = idum
-        j = self.iy // _NDIV
-        self.iy = self.iv[j]
-        self.iv[j] = idum
-        temp = _f32(_AM * self.iy)
-        if temp > _RNMX:
-            return _f32(_RNMX)
-        return temp
-
-
-def gammln(xx: float) -> float:
-    """ln Γ(xx) by Lanczos' series, as nanoBragg's ``gammln`` (float in and out, double inside)."""
-    x = y = _f32(xx)
-    tmp = x + 5.5
-    tmp -= (x + 0.5) * math.log(tmp)
-    ser = 1.000000000190015
-    for cof in _GAMMLN_COF:
-        y += 1.0
-        ser += cof / y
-    return _f32(-tmp + math.log(2.5066282746310005 * ser / x))
-
-
-class Deviates:
-    """nanoBragg's random deviates with all of their hidden state.
-
-    Holds the ``ran1`` generator, ``gaussdev``'s spare deviate and ``poidev``'s cache of the
-    last mean (``oldm``) and the values derived from it, so a sequence of calls returns exactly
-    what the C program's sequence of calls returns.
-    """
-
-    def __init__(self, idum: int) -> None:
-        self.ran1 = Ran1(idum)
-        self._gauss_spare: float | None = None
-        self._oldm = -1.0
-        self._sq = 0.0
-        self._alxm = 0.0
-        self._g = 0.0
-
-    def gaussdev(self) -> float:
-        """Gaussian deviate with unit rms (Box-Muller, polar form), float32 valued."""
-        if self._gauss_spare is not None:
-            spare, self._gauss_spare = self._gauss_spare, None
-            return spare
-        ran1 = self.ran1
-        while True:
-            v1 = _f32(2.0 * ran1() - 1.0)
-            v2 = _f32(2.0 * ran1() - 1.0)
-            rsq = _f32(_f32(v1 * v1) + _f32(v2 * v2))
-            if rsq < 1.0 and rsq != 0.0:
-                break
-        fac = _f32(math.sqrt(-2.0 * math.log(rsq) / rsq))
-        self._gauss_spare = _f32(v1 * fac)
-        return _f32(v2 * fac)
-
-    def poidev(self, xm: float) -> float:
-        """Poisson deviate with mean ``xm`` (photons), float32 valued, as nanoBragg's ``poidev``."""
-        xm = _f32(xm)
-        if xm > 1.0e6:
-            return _f32(xm + math.sqrt(xm) * self.gaussdev())
-        ran1 = self.ran1
-        if xm < 12.0:
-            if xm != self._oldm:
-                self._oldm = xm
-                self._g = _f32(math.exp(-xm))
-            g = self._g
-            em = -1.0
-            t = 1.0
-            while True:
-                em += 1.0
-                t = _f32(t * ran1())
-                if not t > g:
-                    return em
-        if xm != self._oldm:
-            self._oldm = xm
-            self._sq = _f32(math.sqrt(2.0 * xm))
-            self._alxm = _f32(math.log(xm))
-            self._g = _f32(_f32(xm * self._alxm) - gammln(xm + 1.0))
-        sq, alxm, g = self._sq, self._alxm, self._g
-        while True:
-            while True:
-                y = _f32(math.tan(math.pi * ran1()))
-                em = _f32(_f32(sq * y) + xm)
-                if not em < 0.0:
-                    break
-            if math.isfinite(em):
-                em = float(math.floor(em))
-            expo = _f32(_f32(_f32(em * alxm) - gammln(em + 1.0)) - g)
-            t = _f32(0.9 * (1.0 + _f32(y * y)) * math.exp(expo))
-            if not ran1() > t:
-                return em
+from jaxdiff.deviates import Deviates, check_seed
 
 
 def noise_image(
@@ -189,8 +32,8 @@ def noise_image(
     float_image:
         Expected photons per pixel, shape (slow, fast); rounded to float32 as C stores it.
     seed:
-        The ``ran1`` seed variable. nanoBragg's ``-seed N`` means ``seed = -N``; without the
-        flag C uses ``-time()``.
+        The ``ran1`` seed variable, a 32-bit int. nanoBragg's ``-seed N`` means ``seed = -N``;
+        without the flag C uses ``-time()``.
     adc:
         ADC offset in counts added to every noisy ROI pixel (nanoBragg ``-adc``, default 40).
     roi_mask:
@@ -202,20 +45,41 @@ def noise_image(
         ``image`` uint16 (slow, fast) counts, 0 outside the ROI; ``photons`` the sum of the
         Poisson deviates; ``overloads`` the number of pixels clipped at 65535.
     """
-    values = np.ascontiguousarray(float_image, dtype=np.float32)
-    if values.ndim != 2:
-        raise ValueError(f"float_image must be 2-D (slow, fast), got shape {values.shape}")
-    if roi_mask is None:
-        inside = np.ones(values.shape, dtype=bool)
-    else:
-        inside = np.asarray(roi_mask, dtype=bool)
-        if inside.shape != values.shape:
-            raise ValueError(f"roi_mask shape {inside.shape} != image shape {values.shape}")
+    values, inside, seed = _checked(float_image, seed, roi_mask)
+    counts = np.zeros(values.shape, dtype=np.uint16)
+    mask = None if inside is None else inside.view(np.uint8)
+    photons, overloads = _compiled().noise(values, mask, seed, float(adc), counts, None)
+    return counts, photons, overloads
+
+
+def poisson_deviates(
+    float_image: np.ndarray, seed: int, roi_mask: np.ndarray | None = None
+) -> np.ndarray:
+    """The float32 Poisson deviates behind :func:`noise_image` (0 outside the ROI), compiled.
+
+    The same draws as :func:`noise_image` for the same arguments, before the ADC offset, the
+    clip at 65535 and the conversion to integer counts.
+    """
+    values, inside, seed = _checked(float_image, seed, roi_mask)
+    deviates = np.zeros(values.shape, dtype=np.float32)
+    counts = np.zeros(values.shape, dtype=np.uint16)
+    mask = None if inside is None else inside.view(np.uint8)
+    _compiled().noise(values, mask, seed, 0.0, counts, deviates)
+    return deviates
+
+
+def noise_image_reference(
+    float_image: np.ndarray,
+    seed: int,
+    adc: float = 40.0,
+    roi_mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, float, int]:
+    """:func:`noise_image` in plain Python (about 3 µs a pixel): the readable reference."""
+    values, inside, seed = _checked(float_image, seed, roi_mask)
     flat_values = values.ravel().tolist()
-    flat_inside = inside.ravel().tolist()
+    flat_inside = [True] * len(flat_values) if inside is None else inside.ravel().tolist()
     out = [0] * len(flat_values)
-    deviates = Deviates(seed)
-    poidev = deviates.poidev
+    poidev = Deviates(seed).poidev
     adc = float(adc)
     photons = 0.0
     overloads = 0
@@ -233,8 +97,39 @@ def noise_image(
     return image, photons, overloads
 
 
+def _checked(
+    float_image: np.ndarray, seed: int, roi_mask: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """The image as contiguous float32, the ROI as contiguous bool (or None), the seed."""
+    values = np.ascontiguousarray(float_image, dtype=np.float32)
+    if values.ndim != 2:
+        raise ValueError(f"float_image must be 2-D (slow, fast), got shape {values.shape}")
+    inside = None
+    if roi_mask is not None:
+        inside = np.ascontiguousarray(roi_mask, dtype=bool)
+        if inside.shape != values.shape:
+            raise ValueError(f"roi_mask shape {inside.shape} != image shape {values.shape}")
+    return values, inside, check_seed(seed)
+
+
+def _compiled():
+    """The compiled noise module, or an ImportError that says how to build it."""
+    try:
+        import _jaxdiff_noise
+    except ImportError as err:
+        raise ImportError(
+            "jaxdiff's compiled noise module _jaxdiff_noise is missing: install jaxdiff with "
+            "pip (pip install . or pip install -e .), which builds it with a C compiler"
+        ) from err
+    return _jaxdiff_noise
+
+
 def _to_ushort(value: float) -> int:
-    """C's ``(unsigned short) value`` for a double: truncate toward zero, wrap modulo 2**16."""
-    if value != value:
+    """C's ``(unsigned short) value`` for a double as x86-64 compilers emit it.
+
+    The value is truncated toward zero to a 32-bit int, which is INT_MIN when it does not fit
+    (NaN and -inf included), and the low 16 bits are kept.
+    """
+    if not value > -2147483649.0:
         return 0
-    return int(value) & 0xFFFF
+    return math.trunc(value) & 0xFFFF
