@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -140,7 +141,6 @@ def main(argv: list[str] | None = None) -> int:
     (``--seed S``, uniformly random rotations), ``--batch-size K``.
     """
     import argparse
-    import os
 
     from jaxdiff.errors import InputError
 
@@ -151,8 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--random-orientations", type=int)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--coordinator", help="HOST:PORT of process 0, for a multi-process run")
+    parser.add_argument("--num-processes", type=int)
+    parser.add_argument("--process-id", type=int)
     ours, flags = parser.parse_known_args(argv)
     try:
+        index, count = start_processes(ours.coordinator, ours.num_processes, ours.process_id)
         jax.config.update("jax_enable_x64", True)
         from jaxdiff import aot
         from jaxdiff.experiment import build
@@ -175,12 +179,64 @@ def main(argv: list[str] | None = None) -> int:
         crystals = vary_crystal(base, **leaves)
         if os.path.dirname(ours.hdf5) and not os.path.isdir(os.path.dirname(ours.hdf5)):
             raise InputError(f"--hdf5 {ours.hdf5}: no such directory")
-        render_to_hdf5(ours.hdf5, setup.experiment, crystals, setup.config, ours.batch_size)
+        if count == 1:
+            render_to_hdf5(ours.hdf5, setup.experiment, crystals, setup.config, ours.batch_size)
+        else:
+            render_share(ours.hdf5, setup.experiment, crystals, setup.config, ours.batch_size)
     except InputError as err:
         print(f"jaxdiff-batch: error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {ours.hdf5}")
+    if index == 0:
+        print(f"wrote {ours.hdf5}")
     return 0
+
+
+def start_processes(coordinator: str | None, num_processes: int | None, process_id: int | None):
+    """Join a multi-process run through ``jax.distributed`` when one is asked for (the flags,
+    or the environment that ``jax.distributed.initialize`` reads, e.g. under SLURM); returns
+    ``(process index, process count)``."""
+    from jaxdiff.errors import InputError
+
+    given = [v is not None for v in (coordinator, num_processes, process_id)]
+    if any(given) and not all(given):
+        raise InputError("--coordinator, --num-processes and --process-id go together")
+    if all(given):
+        if num_processes < 1 or not 0 <= process_id < num_processes:
+            raise InputError(
+                f"--process-id {process_id} must be between 0 and --num-processes - 1 "
+                f"({num_processes} processes)"
+            )
+        if num_processes > 1:
+            jax.distributed.initialize(coordinator, num_processes, process_id)
+    elif "JAX_COORDINATOR_ADDRESS" in os.environ or "SLURM_JOB_ID" in os.environ:
+        jax.distributed.initialize()
+    return jax.process_index(), jax.process_count()
+
+
+def part_path(path: str, index: int, count: int) -> str:
+    """The file that process ``index`` of ``count`` writes its share of the stack to."""
+    stem, ext = os.path.splitext(path)
+    return f"{stem}.part{index + 1:04d}-of-{count:04d}{ext or '.h5'}"
+
+
+def render_share(path, exp, crystals, cfg, batch_size=None) -> None:
+    """This process's consecutive share of ``crystals`` into its part file; process 0 then
+    joins every part into ``path`` (one stack through virtual datasets)."""
+    from jax.experimental import multihost_utils
+
+    from jaxdiff.io.join import join_stacks
+
+    index, count = jax.process_index(), jax.process_count()
+    n = jax.tree_util.tree_leaves(crystals)[0].shape[0]
+    lo, hi = n * index // count, n * (index + 1) // count
+    share = jax.tree_util.tree_map(lambda x: x[lo:hi], crystals)
+    if hi > lo:
+        render_to_hdf5(part_path(path, index, count), exp, share, cfg, batch_size)
+    multihost_utils.sync_global_devices("jaxdiff-batch: parts written")
+    if index == 0:
+        parts = [part_path(path, i, count) for i in range(count)]
+        join_stacks(path, [p for i, p in enumerate(parts) if n * (i + 1) // count > n * i // count])
+    multihost_utils.sync_global_devices("jaxdiff-batch: stack joined")
 
 
 def random_rotation_vectors(n: int, seed: int) -> np.ndarray:
