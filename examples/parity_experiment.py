@@ -21,7 +21,8 @@ import jax
 import numpy as np
 
 from jaxdiff.experiment import build
-from jaxdiff.trace import format_g, pixel_lines, trace_pixel
+from jaxdiff.io import fmt_g
+from jaxdiff.trace import pixel_lines, trace_pixel
 from jaxdiff.trace_compare import compare, parse_trace
 
 INPUTS = Path(__file__).resolve().parents[1].parent / "shared" / "golden" / "inputs"
@@ -55,7 +56,7 @@ def record(setup, slow: int, fast: int) -> dict:
 
 
 def vector(v) -> str:
-    return "[" + " ".join(f"{format_g(x, 10):>14}" for x in v) + "]"
+    return "[" + " ".join(f"{fmt_g(x, 10):>14}" for x in v) + "]"
 
 
 def main() -> None:
@@ -70,12 +71,12 @@ def main() -> None:
         for tic, phi in enumerate(r["phi_deg"]):
             at = (0, 0, 0, tic, 0)
             values = (r["hkl_frac"][at][1], r["F_latt_b"][at], r["F_latt"][at])
-            print(f"{tic:7d} {phi:8.3g} " + " ".join(f"{format_g(v):>20}" for v in values))
+            print(f"{tic:7d} {phi:8.3g} " + " ".join(f"{fmt_g(v, 15):>20}" for v in values))
         print(f"{'rotated lattice vectors [Å]':<31} {'at φ step 0':<46} at φ step 9")
         for axis in "abc":
             rot = r[f"rot_{axis}_angstroms"][0, 0, 0, :, 0]
             print(f"  {axis:<29} {vector(rot[0])}  {vector(rot[-1])}")
-        print(f"pixel value: {format_g(r['I_pixel_final'])} photons")
+        print(f"pixel value: {fmt_g(r['I_pixel_final'], 15)} photons")
 
     spec, cpar = records["spec"], records["c-parity"]
     stale = np.array_equal(
@@ -93,7 +94,7 @@ def main() -> None:
     text = (
         f"The two modes differ at φ step {steps} only. There c-parity's lattice vectors are "
         f"{'exactly' if stale else 'not'} those of φ step 9 "
-        f"(φ = {format_g(spec['phi_deg'][-1])}°): "
+        f"(φ = {fmt_g(spec['phi_deg'][-1], 15)}°): "
         "the C program's φ loop rotates the cell only when φ ≠ 0, and the orientation it "
         "works with persists from one φ loop to the next, so at φ = 0 it reuses the orientation "
         "the previous loop ended with. spec uses the unrotated cell there. So k_frac, F_latt_b "

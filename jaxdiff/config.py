@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 CARRYOVER_MODES = ("spec", "c-parity")
 
 
@@ -69,3 +71,10 @@ class SimConfig:
         """(slow, fast) size of the rendered region."""
         fmin, fmax, smin, smax = self.roi
         return (min(smax, self.spixels - 1) - smin + 1, min(fmax, self.fpixels - 1) - fmin + 1)
+
+    def roi_mask(self) -> np.ndarray:
+        """(slow, fast) booleans: the pixels inside the ROI."""
+        fmin, fmax, smin, smax = self.roi
+        inside = np.zeros((self.spixels, self.fpixels), dtype=bool)
+        inside[smin : smax + 1, fmin : fmax + 1] = True
+        return inside

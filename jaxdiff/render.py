@@ -98,8 +98,9 @@ def evaluation_geometry(sh, exp, cfg: SimConfig, spix, fpix, rendered):
     )
 
 
-def _hkl(s, a):
-    """Fractional Miller indices for scattering components ``s`` and rows of ``a`` (3, 3)."""
+def miller_indices(s, a):
+    """Fractional Miller indices (h, k, l) for scattering components ``s`` (three arrays) and
+    real-space vectors ``a`` (3, 3, ...): rows a, b, c, components last-but-one leading."""
     return tuple(s[0] * a[j, 0] + s[1] * a[j, 1] + s[2] * a[j, 2] for j in range(3))
 
 
@@ -114,7 +115,10 @@ def _lattice_sq(hkl, exp, cfg, recip):
     return f * f, f != 0.0
 
 
-def _f_cell(hkl, exp, cfg, use_tri):
+def structure_factor(hkl, exp, cfg, use_tri):
+    """F_cell for Miller indices ``hkl`` (three arrays): the table's entry at the nearest
+    index (default_F off the table or without one), or, where ``use_tri``, the tricubic
+    interpolation (``use_tri`` None: no interpolation)."""
     if cfg.table_lo is None:
         return exp.default_F
     whole = [physics.nearest_index(x) for x in hkl]
@@ -150,13 +154,13 @@ def _orientation_loop(sh, exp, cfg, g, pidx, tri, fresh, probe):
     big = jnp.iinfo(jnp.int32).max
 
     def body(o, carry):
-        hkl = _hkl(s, stale[o])
+        hkl = miller_indices(s, stale[o])
         if fresh:
-            hkl_f = _hkl(s, fresh_m[o])
+            hkl_f = miller_indices(s, fresh_m[o])
             hkl = tuple(jnp.where(is_first, b, a) for a, b in zip(hkl, hkl_f, strict=True))
         f2, nonzero = _lattice_sq(hkl, exp, cfg, sh.recip)
         if plain:  # every evaluation counts and a zero F_latt adds zero
-            return carry + _f_cell(hkl, exp, cfg, None) ** 2 * f2
+            return carry + structure_factor(hkl, exp, cfg, None) ** 2 * f2
         executed = g["passes"]
         if cfg.water_size == 0.0:
             executed = executed & nonzero
@@ -169,7 +173,7 @@ def _orientation_loop(sh, exp, cfg, g, pidx, tri, fresh, probe):
         if interpolating:
             tri_p, tri_j = tri
             use_tri = (pidx < tri_p)[None, :] | ((pidx == tri_p)[None, :] & (local < tri_j))
-        fc = _f_cell(hkl, exp, cfg, use_tri)
+        fc = structure_factor(hkl, exp, cfg, use_tri)
         x = jnp.where(executed, fc * fc * f2, 0.0)
         if not per_sub:
             return carry + x
@@ -203,8 +207,15 @@ def probe_block(sh, exp, cfg, spix, fpix, rendered, fresh):
 def render_block(sh, exp, cfg, spix, fpix, pidx, rendered, tri, fresh):
     """Pixel values (P,) of a block, and whether any source of each pixel passed -dmin."""
     g = evaluation_geometry(sh, exp, cfg, spix, fpix, rendered)
+    value, _ = pixel_values(sh, exp, cfg, g, pidx, rendered, tri, fresh)
+    return value, jnp.any(g["passes"], axis=0)
+
+
+def pixel_values(sh, exp, cfg, g, pidx, rendered, tri, fresh):
+    """Photons (P,) of pixels with geometry ``g`` (:func:`evaluation_geometry`), and their
+    sums before scaling (nanoBragg's I: background plus every evaluation's F_cell² F_latt²,
+    with the running -oversample_* factors)."""
     carry, first_q = _orientation_loop(sh, exp, cfg, g, pidx, tri, fresh, probe=False)
-    any_pass = jnp.any(g["passes"], axis=0)
     if isinstance(carry, tuple):
         acc, mult = carry
 
@@ -216,16 +227,26 @@ def render_block(sh, exp, cfg, spix, fpix, pidx, rendered, tri, fresh):
         total, _ = jax.lax.scan(fold, start, (acc, mult))
     else:
         total = sh.i_bg + jnp.sum(carry, axis=0)
+    capture, polar, omega = held_factors(cfg, g, first_q)
     value = sh.scale * total
     if not cfg.oversample_thick:
-        value = value * g["capture_last"]
+        value = value * capture
     if not cfg.oversample_polar:
-        if cfg.nopolar:
-            polar = jnp.ones_like(value)
-        else:
-            polar = jnp.take_along_axis(g["polar"], first_q[None, :], axis=0)[0]
-            polar = jnp.where(any_pass, polar, 0.0)
         value = value * polar
     if not cfg.oversample_omega:
-        value = value * g["omega0"]
-    return jnp.where(rendered, value, 0.0), any_pass
+        value = value * omega
+    return jnp.where(rendered, value, 0.0), total
+
+
+def held_factors(cfg, g, first_q):
+    """Capture fraction, polarization and solid angle (each (P,)) that scale a pixel's sum
+    when the matching -oversample_* is off: the values nanoBragg holds after its loops (the
+    last layer's first sub-pixel, the first evaluation that passed, the first sub-pixel).
+    ``first_q``: each pixel's first passing work item (layer·sub-pixel·source)."""
+    any_pass = jnp.any(g["passes"], axis=0)
+    if cfg.nopolar:
+        polar = jnp.ones_like(g["omega0"])
+    else:
+        polar = jnp.take_along_axis(g["polar"], first_q[None, :], axis=0)[0]
+        polar = jnp.where(any_pass, polar, 0.0)
+    return g["capture_last"], polar, g["omega0"]

@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from jaxdiff import physics
 from jaxdiff.beam import R_E_SQR, Beam, water_background
 from jaxdiff.config import SimConfig
 from jaxdiff.crystal import Crystal, cell_vectors, mosaic_matrices, phi_angles, phi_orientations
@@ -32,7 +31,7 @@ from jaxdiff.detector import (
     Detector,
     detector_geometry,
 )
-from jaxdiff.render import evaluation_geometry, probe_block, render_block
+from jaxdiff.render import probe_block, render_block
 
 
 @jax.tree_util.register_dataclass
@@ -56,8 +55,8 @@ class Experiment:
     mask: Array
 
 
-class _Shared(NamedTuple):
-    """Per-run quantities every pixel block uses."""
+class RunInputs(NamedTuple):
+    """Per-run quantities every pixel block uses (from :func:`run_inputs`)."""
 
     geom: object
     depths: Array
@@ -88,88 +87,17 @@ def _orientations(exp: Experiment, cfg: SimConfig):
     return stale, fresh, recip
 
 
-def _evaluate(sh: _Shared, exp: Experiment, cfg: SimConfig, spix, fpix, rendered, fresh: bool):
-    """All per-evaluation quantities for a block of pixels (P,), for the trace.
-
-    Evaluation axes follow nanoBragg's loop order: (P, layer, subpixel, source, φ, mosaic). The
-    geometry is the image kernel's own (:func:`jaxdiff.render.evaluation_geometry`), laid out
-    pixels first; only the per-orientation quantities are formed here.
-    """
-    raw = evaluation_geometry(sh, exp, cfg, spix, fpix, rendered)["raw"]
-
-    def pixels_first(parts):  # components (L, Sub[, Src], P) -> (P, L, Sub[, Src], 3)
-        v = jnp.stack(parts, axis=-1)
-        return jnp.moveaxis(v, -2, 0)
-
-    pos = pixels_first(raw["pos"]).astype(spix.dtype)
-    diffracted = pixels_first(raw["diffracted"]).astype(spix.dtype)
-    scattering = pixels_first(raw["scattering"]).astype(spix.dtype)
-    airpath = jnp.moveaxis(raw["airpath"], -1, 0).astype(spix.dtype)
-    omega = jnp.moveaxis(raw["omega"], -1, 0)
-    capture = jnp.moveaxis(raw["capture"], -1, 0)
-    passes = jnp.moveaxis(raw["passes"], -1, 0)
-    polar = jnp.moveaxis(raw["polar"], -1, 0)
-    hkl = jnp.einsum("plsxi,fmji->plsxfmj", scattering, sh.stale)
-    flat_pass = passes.reshape(passes.shape[0], -1)
-    first_loop = jnp.argmax(flat_pass, axis=1)
-    any_pass = jnp.any(flat_pass, axis=1)
-    if fresh:
-        fresh_hkl = jnp.einsum("plsxi,fmji->plsxfmj", scattering, sh.fresh)
-        is_first = jax.nn.one_hot(first_loop, flat_pass.shape[1], dtype=bool).reshape(passes.shape)
-        hkl = jnp.where(is_first[..., None, None, None], fresh_hkl, hkl)
-    f_latt, parts = physics.lattice_factor(
-        hkl, exp.crystal.ncells, cfg.shape, exp.crystal.fudge, sh.recip
-    )
-    executed = passes[..., None, None]
-    if cfg.water_size == 0.0:
-        executed = executed & (f_latt != 0.0)
-    return dict(
-        pos=pos,
-        airpath=airpath,
-        diffracted=diffracted,
-        omega=omega,
-        capture=capture,
-        scattering=scattering,
-        passes=passes,
-        polar=polar,
-        hkl=hkl,
-        f_latt=f_latt,
-        f_parts=parts,
-        executed=executed,
-        first_loop=first_loop,
-        any_pass=any_pass,
-    )
+def steps(exp: Experiment, cfg: SimConfig) -> int:
+    """nanoBragg's ``steps``, the divisor of a pixel's sum: sub-pixels × sources × φ steps ×
+    mosaic domains (sensor layers are not counted)."""
+    n_src = exp.beam.source_dirs.shape[0]
+    n_mos = exp.crystal.mosaic_axes.shape[0]
+    return n_src * n_mos * cfg.phisteps * cfg.oversample**2
 
 
-def _structure_factor(ev, exp: Experiment, cfg: SimConfig, use_tri):
-    hkl = ev["hkl"]
-    have = cfg.table_lo is not None
-    f_nn = physics.nearest_F(
-        physics.nearest_index(hkl),
-        exp.fhkl,
-        cfg.table_lo or (0, 0, 0),
-        cfg.table_hi or (0, 0, 0),
-        exp.default_F,
-        have,
-    )
-    if not (cfg.interpolate and have):
-        return f_nn
-    f_tri = physics.tricubic_F(hkl, exp.fhkl, cfg.table_lo)
-    return jnp.where(use_tri, f_tri, f_nn)
-
-
-def _blocks(cfg: SimConfig, n_pix: int, per_pixel: int):
-    size = max(1, min(n_pix, cfg.chunk // max(per_pixel, 1)))
-    n_blocks = -(-n_pix // size)
-    return size, n_blocks
-
-
-def _map_pixels(fn, arrays, n_pix, size, n_blocks):
-    """Apply ``fn`` to blocks of ``size`` pixels with lax.map; returns per-pixel outputs."""
-    pad = size * n_blocks - n_pix
-    padded = [jnp.pad(a, (0, pad)).reshape(n_blocks, size) for a in arrays]
-    out = jax.lax.map(lambda args: fn(*args), tuple(padded))
-    return jax.tree_util.tree_map(lambda o: o.reshape(-1)[:n_pix], out)
+def evaluations_per_pixel(exp: Experiment, cfg: SimConfig) -> int:
+    """Evaluations per pixel: sensor layers × :func:`steps`."""
+    return cfg.thicksteps * steps(exp, cfg)
 
 
 def _cast(exp: Experiment, dtype) -> Experiment:
@@ -180,20 +108,17 @@ def _cast(exp: Experiment, dtype) -> Experiment:
     return jax.tree_util.tree_map(cast, exp)
 
 
-def _shared(exp: Experiment, cfg: SimConfig) -> _Shared:
+def _shared(exp: Experiment, cfg: SimConfig) -> RunInputs:
     """The per-run quantities of an experiment, in the precision of its leaves."""
     dtype = exp.detector.pixel_size.dtype
     beam, det = exp.beam, exp.detector
     geom = detector_geometry(det, beam.direction, cfg.pivot_sample)
     stale, fresh, recip = _orientations(exp, cfg)
-    n_src = beam.source_dirs.shape[0]
-    n_mos = exp.crystal.mosaic_axes.shape[0]
-    steps = n_src * n_mos * cfg.phisteps * cfg.oversample**2
     layers = jnp.arange(cfg.thicksteps, dtype=dtype)
     i_bg = (
         water_background(cfg.water_size, beam.fluence) if cfg.water_size else jnp.zeros((), dtype)
     )
-    return _Shared(
+    return RunInputs(
         geom=geom,
         depths=layers * det.layer_thickness,
         layers=layers,
@@ -203,54 +128,36 @@ def _shared(exp: Experiment, cfg: SimConfig) -> _Shared:
         fresh=fresh,
         recip=recip,
         i_bg=i_bg,
-        scale=R_E_SQR * beam.fluence / steps,
+        scale=R_E_SQR * beam.fluence / steps(exp, cfg),
         pixel_size=det.pixel_size,
         beam_dir=beam.direction,
     )
 
 
-def _roi_pixels(exp: Experiment, cfg: SimConfig):
-    """(slow, fast) indices and the render flag of the ROI's pixels, in raster order."""
-    fmin, fmax, smin, smax = cfg.roi
-    ns, nf = cfg.roi_shape
-    s_idx, f_idx = jnp.meshgrid(jnp.arange(ns) + smin, jnp.arange(nf) + fmin, indexing="ij")
-    spix, fpix = s_idx.ravel(), f_idx.ravel()
-    return spix, fpix, exp.mask[spix, fpix] != 0
+def _widest(exp: Experiment, dtype) -> jnp.dtype:
+    """The widest of ``dtype`` and the experiment's floating-point leaves."""
+    wide = jnp.dtype(dtype)
+    for leaf in jax.tree_util.tree_leaves(exp):
+        leaf_dtype = jnp.asarray(leaf).dtype
+        if jnp.issubdtype(leaf_dtype, jnp.floating) and leaf_dtype.itemsize > wide.itemsize:
+            wide = leaf_dtype
+    return wide
 
 
-def _per_pixel(exp: Experiment, cfg: SimConfig) -> int:
-    """Evaluations per pixel: layers × sub-pixels × sources × φ steps × mosaic domains."""
-    n_src = exp.beam.source_dirs.shape[0]
-    n_mos = exp.crystal.mosaic_axes.shape[0]
-    return cfg.thicksteps * cfg.oversample**2 * n_src * cfg.phisteps * n_mos
+def run_inputs(exp: Experiment, cfg: SimConfig) -> tuple[RunInputs, Experiment]:
+    """The precision policy of a run: its per-run quantities, and the experiment in the run's
+    dtype (``cfg.dtype``).
 
-
-def _tricubic_cutoff(sh, exp, cfg, spix_d, fpix_d, rendered, size, n_blocks):
-    """(pixel, evaluation) where tricubic interpolation switches off, in raster order."""
-    n_pix = spix_d.size
-    per_pixel = _per_pixel(exp, cfg)
-    first_oor, any_pass = _map_pixels(
-        lambda s, f, r: probe_block(sh, exp, cfg, s, f, r, False),
-        [spix_d, fpix_d, rendered],
-        n_pix,
-        size,
-        n_blocks,
-    )
-    if cfg.carryover == "c-parity":
-        p0 = jnp.argmax(any_pass)
-        j0, _ = probe_block(
-            sh, exp, cfg, spix_d[p0, None], fpix_d[p0, None], rendered[p0, None], True
-        )
-        first_oor = first_oor.at[p0].set(jnp.where(any_pass[p0], j0[0], first_oor[p0]))
-    hit = first_oor < per_pixel
-    tri_p = jnp.where(jnp.any(hit), jnp.argmax(hit), n_pix)
-    tri_j = jnp.where(jnp.any(hit), first_oor[jnp.minimum(tri_p, n_pix - 1)], 0)
-    return tri_p, tri_j
-
-
-def _run_precision(sh: _Shared, dtype) -> _Shared:
-    """Keep geometry (detector frame, sources) wide; the rest in the run's dtype."""
-    return sh._replace(
+    Detector geometry, sources and the crystal's orientations are formed in the widest
+    precision of the experiment's leaves (float64 for an experiment built with float64 on),
+    so the float32 path loses no digits there; the per-run results the per-evaluation work
+    reads (orientations, scale, background) are then cast to the run's dtype, while the
+    detector frame and sources stay wide for the scattering vectors
+    (:func:`jaxdiff.render.evaluation_geometry`).
+    """
+    dtype = jnp.dtype(cfg.dtype)
+    sh = _shared(_cast(exp, _widest(exp, dtype)), cfg)
+    sh = sh._replace(
         stale=sh.stale.astype(dtype),
         fresh=sh.fresh.astype(dtype),
         recip=sh.recip.astype(dtype),
@@ -258,6 +165,56 @@ def _run_precision(sh: _Shared, dtype) -> _Shared:
         scale=sh.scale.astype(dtype),
         layers=sh.layers.astype(dtype),
     )
+    return sh, _cast(exp, dtype)
+
+
+def roi_pixels(exp: Experiment, cfg: SimConfig):
+    """(slow, fast) indices of the ROI's pixels in raster order, and whether each is rendered
+    (the detector mask is nonzero there)."""
+    fmin, fmax, smin, smax = cfg.roi
+    ns, nf = cfg.roi_shape
+    s_idx, f_idx = jnp.meshgrid(jnp.arange(ns) + smin, jnp.arange(nf) + fmin, indexing="ij")
+    spix, fpix = s_idx.ravel(), f_idx.ravel()
+    return spix, fpix, exp.mask[spix, fpix] != 0
+
+
+def map_pixels(fn, arrays, exp: Experiment, cfg: SimConfig):
+    """``fn(*blocks)`` over blocks of pixels (each array (P,), in raster order) with
+    ``lax.map``; a block holds ``cfg.chunk`` work items (layer × sub-pixel × source per pixel),
+    the last block is padded. Returns the per-pixel outputs (P, ...)."""
+    n_pix = arrays[0].shape[0]
+    per_pixel = cfg.thicksteps * cfg.oversample**2 * exp.beam.source_dirs.shape[0]
+    size = max(1, min(n_pix, cfg.chunk // max(per_pixel, 1)))
+    n_blocks = -(-n_pix // size)
+    pad = size * n_blocks - n_pix
+    padded = [jnp.pad(a, (0, pad)).reshape(n_blocks, size) for a in arrays]
+    out = jax.lax.map(lambda args: fn(*args), tuple(padded))
+    return jax.tree_util.tree_map(lambda o: o.reshape(-1)[:n_pix], out)
+
+
+def tricubic_cutoff(sh: RunInputs, exp: Experiment, cfg: SimConfig, spix, fpix, rendered):
+    """(pixel, evaluation) where tricubic interpolation switches off, in raster order: the
+    first evaluation whose neighbourhood leaves the table (pixel = the pixel count if none).
+
+    ``spix``, ``fpix`` (P,) in the run's dtype and ``rendered`` (P,) as from
+    :func:`roi_pixels`; ``sh`` and ``exp`` as from :func:`run_inputs`.
+    """
+    n_pix = spix.size
+    per_pixel = evaluations_per_pixel(exp, cfg)
+    first_oor, any_pass = map_pixels(
+        lambda s, f, r: probe_block(sh, exp, cfg, s, f, r, False),
+        [spix, fpix, rendered],
+        exp,
+        cfg,
+    )
+    if cfg.carryover == "c-parity":
+        p0 = jnp.argmax(any_pass)
+        j0, _ = probe_block(sh, exp, cfg, spix[p0, None], fpix[p0, None], rendered[p0, None], True)
+        first_oor = first_oor.at[p0].set(jnp.where(any_pass[p0], j0[0], first_oor[p0]))
+    hit = first_oor < per_pixel
+    tri_p = jnp.where(jnp.any(hit), jnp.argmax(hit), n_pix)
+    tri_j = jnp.where(jnp.any(hit), first_oor[jnp.minimum(tri_p, n_pix - 1)], 0)
+    return tri_p, tri_j
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -265,29 +222,24 @@ def simulate(exp: Experiment, cfg: SimConfig) -> Array:
     """Render the float image (slow, fast) in photons per pixel, as nanoBragg's -floatfile.
 
     The run's dtype (``cfg.dtype``) is used for the per-evaluation work; detector geometry and
-    scattering vectors are formed in float64 whenever JAX has it enabled.
+    scattering vectors are formed in the widest precision of the experiment's leaves
+    (:func:`run_inputs`).
     """
     dtype = jnp.dtype(cfg.dtype)
-    wide = jnp.dtype(jnp.float64) if jax.config.jax_enable_x64 else dtype
-    sh = _run_precision(_shared(_cast(exp, wide), cfg), dtype)
-    exp = _cast(exp, dtype)
-    spix, fpix, rendered = _roi_pixels(exp, cfg)
-    n_pix = spix.size
-    pidx = jnp.arange(n_pix)
-    per_block = cfg.thicksteps * cfg.oversample**2 * exp.beam.source_dirs.shape[0]
-    size, n_blocks = _blocks(cfg, n_pix, per_block)
+    sh, exp = run_inputs(exp, cfg)
+    spix, fpix, rendered = roi_pixels(exp, cfg)
+    pidx = jnp.arange(spix.size)
     spix_d, fpix_d = spix.astype(dtype), fpix.astype(dtype)
 
     tri = None
     if cfg.interpolate and cfg.table_lo is not None:
-        tri = _tricubic_cutoff(sh, exp, cfg, spix_d, fpix_d, rendered, size, n_blocks)
+        tri = tricubic_cutoff(sh, exp, cfg, spix_d, fpix_d, rendered)
 
-    values, any_pass = _map_pixels(
+    values, any_pass = map_pixels(
         lambda s, f, i, r: render_block(sh, exp, cfg, s, f, i, r, tri, False),
         [spix_d, fpix_d, pidx, rendered],
-        n_pix,
-        size,
-        n_blocks,
+        exp,
+        cfg,
     )
     if cfg.carryover == "c-parity":
         # the run's first φ loop starts from the unrotated cell: redo that one pixel

@@ -32,36 +32,37 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from jaxdiff import physics
 from jaxdiff.beam import R_E_SQR
 from jaxdiff.config import SimConfig
 from jaxdiff.crystal import phi_angles
+from jaxdiff.io.smv import fmt_g as _fmt_g
+from jaxdiff.render import (
+    evaluation_geometry,
+    held_factors,
+    miller_indices,
+    pixel_values,
+    structure_factor,
+)
 from jaxdiff.rotation import rotate_axis, rotate_xyz
 from jaxdiff.simulate import (
     Experiment,
-    _blocks,
-    _cast,
-    _evaluate,
-    _map_pixels,
-    _per_pixel,
-    _roi_pixels,
-    _shared,
-    _structure_factor,
-    _tricubic_cutoff,
+    RunInputs,
+    evaluations_per_pixel,
+    map_pixels,
+    roi_pixels,
+    run_inputs,
+    steps,
+    tricubic_cutoff,
 )
 
 RTD = 180.0 / math.pi
 PREFIX = "TRACE_PY"
 
 
-def _accumulate(i_bg: Array, x: Array, factor: Array, executed: Array) -> Array:
-    """The C program's running sum I ← (I + x)·f over executed evaluations, in loop order."""
-
-    def step(total, inp):
-        xj, fj, ej = inp
-        return jnp.where(ej, (total + xj) * fj, total), None
-
-    total, _ = jax.lax.scan(step, i_bg, (x.ravel(), factor.ravel(), executed.ravel()))
-    return total
+def _g(x) -> str:
+    """A trace value as the C program prints it: ``%.15g``."""
+    return _fmt_g(x, 15)
 
 
 def _context(exp: Experiment, cfg: SimConfig, spixel, fpixel):
@@ -82,29 +83,25 @@ def _context(exp: Experiment, cfg: SimConfig, spixel, fpixel):
 @functools.partial(jax.jit, static_argnames=("cfg", "need_first", "need_tri"))
 def _context_pass(exp, cfg, spixel, fpixel, need_first, need_tri):
     dtype = jnp.dtype(cfg.dtype)
-    exp = _cast(exp, dtype)
-    sh = _shared(exp, cfg)
-    spix, fpix, rendered = _roi_pixels(exp, cfg)
-    n_pix = spix.size
-    per_pixel = _per_pixel(exp, cfg)
-    size, n_blocks = _blocks(cfg, n_pix, per_pixel)
+    sh, exp = run_inputs(exp, cfg)
+    spix, fpix, rendered = roi_pixels(exp, cfg)
     spix_d, fpix_d = spix.astype(dtype), fpix.astype(dtype)
     first = tri_limit = None
     if need_first:
-        any_pass = _map_pixels(
-            lambda s, f, r: _evaluate(sh, exp, cfg, s, f, r, False)["any_pass"],
+        any_pass = map_pixels(
+            lambda s, f, r: jnp.any(evaluation_geometry(sh, exp, cfg, s, f, r)["passes"], 0),
             [spix_d, fpix_d, rendered],
-            n_pix,
-            size,
-            n_blocks,
+            exp,
+            cfg,
         )
         p0 = jnp.argmax(any_pass)
         first = jnp.where(any_pass[p0], spix[p0] * cfg.fpixels + fpix[p0], -1)
     if need_tri:
-        tri_p, tri_j = _tricubic_cutoff(sh, exp, cfg, spix_d, fpix_d, rendered, size, n_blocks)
+        tri_p, tri_j = tricubic_cutoff(sh, exp, cfg, spix_d, fpix_d, rendered)
         fmin, _, smin, _ = cfg.roi
         pidx = (spixel - smin) * cfg.roi_shape[1] + (fpixel - fmin)
         tri_p, tri_j = tri_p.astype(pidx.dtype), tri_j.astype(pidx.dtype)
+        per_pixel = evaluations_per_pixel(exp, cfg)
         tri_limit = jnp.where(pidx < tri_p, per_pixel, jnp.where(pidx == tri_p, tri_j, 0))
     return first, tri_limit
 
@@ -146,9 +143,8 @@ def trace_pixel(exp: Experiment, cfg: SimConfig, spixel, fpixel) -> dict[str, Ar
     """
     first, tri_limit = _context(exp, cfg, spixel, fpixel)
     spixel, fpixel = jnp.asarray(spixel), jnp.asarray(fpixel)
-    rendered, fresh = _pixel_flags(
-        exp.mask, jnp.asarray(cfg.roi), spixel, fpixel, first, cfg.carryover == "c-parity"
-    )
+    render_map = jnp.asarray(cfg.roi_mask()) & (exp.mask != 0)
+    rendered, fresh = _pixel_flags(render_map, spixel, fpixel, first, cfg.carryover == "c-parity")
     # The kernel does not read the mask; leaving it out lets detectors of any size share it.
     placeholder = jnp.zeros((1, 1), exp.mask.dtype)
     return _trace_kernel(
@@ -163,14 +159,12 @@ def trace_pixel(exp: Experiment, cfg: SimConfig, spixel, fpixel) -> dict[str, Ar
 
 
 @functools.partial(jax.jit, static_argnames=("c_parity",))
-def _pixel_flags(mask, roi, spixel, fpixel, first, c_parity):
-    """Whether the pixel is rendered (in the ROI and the mask), and whether it is the one that
-    runs the run's first φ loop (the first rendered pixel unless ``first`` says otherwise)."""
-    n_slow, n_fast = mask.shape
-    rows = jnp.arange(n_slow)[:, None]
-    cols = jnp.arange(n_fast)[None, :]
-    in_roi = (rows >= roi[2]) & (rows <= roi[3]) & (cols >= roi[0]) & (cols <= roi[1])
-    render_map = (in_roi & (mask != 0)).ravel()
+def _pixel_flags(render_map, spixel, fpixel, first, c_parity):
+    """Whether the pixel is rendered (``render_map``: in the ROI and the mask), and whether it
+    is the one that runs the run's first φ loop (the first rendered pixel unless ``first`` says
+    otherwise)."""
+    n_slow, n_fast = render_map.shape
+    render_map = render_map.ravel()
     inside = (spixel >= 0) & (spixel < n_slow) & (fpixel >= 0) & (fpixel < n_fast)
     here = jnp.clip(spixel, 0, n_slow - 1) * n_fast + jnp.clip(fpixel, 0, n_fast - 1)
     rendered = inside & render_map[here]
@@ -181,74 +175,103 @@ def _pixel_flags(mask, roi, spixel, fpixel, first, c_parity):
     return rendered, rendered & (here == first)
 
 
+def _evaluations(sh: RunInputs, exp: Experiment, cfg: SimConfig, g, fresh_first: bool):
+    """Every per-evaluation quantity of one pixel, from the image kernel's geometry ``g`` of a
+    block of that one pixel, with axes in nanoBragg's loop order: (layer, sub-pixel[, source
+    [, φ, mosaic]]). Positions and directions are in the run's wide precision, as the image
+    kernel forms them; the scattering vector and all that follows in the run's dtype."""
+    raw = g["raw"]
+    dtype = sh.stale.dtype
+
+    def one(a):  # (L, Sub[, Src], 1) -> (L, Sub[, Src])
+        return a[..., 0]
+
+    def vec(parts):  # components (L, Sub[, Src], 1) -> (L, Sub[, Src], 3)
+        return jnp.stack([one(c) for c in parts], axis=-1)
+
+    scattering = tuple(one(c).astype(dtype) for c in raw["scattering"])  # (L, Sub, Src) each
+    passes = one(raw["passes"])
+    flat_pass = passes.ravel()
+    first_loop = jnp.argmax(flat_pass)
+    any_pass = jnp.any(flat_pass)
+    n_phi, n_mos = sh.stale.shape[:2]
+    orient = jnp.broadcast_to(sh.stale, (*passes.shape, n_phi, n_mos, 3, 3))
+    if fresh_first:
+        is_first = jax.nn.one_hot(first_loop, passes.size, dtype=bool).reshape(passes.shape)
+        fresh = jnp.broadcast_to(sh.fresh, orient.shape)
+        orient = jnp.where(is_first[..., None, None, None, None], fresh, orient)
+    # the image kernel's own Miller indices: components (L, Sub, Src, Φ, M)
+    rows = jnp.moveaxis(orient, (-2, -1), (0, 1))  # (3, 3, L, Sub, Src, Φ, M)
+    s5 = tuple(c[..., None, None] for c in scattering)
+    hkl = miller_indices(s5, rows)
+    f_latt, parts = physics.lattice_factor(
+        jnp.stack(hkl, axis=-1), exp.crystal.ncells, cfg.shape, exp.crystal.fudge, sh.recip
+    )
+    executed = passes[..., None, None]
+    if cfg.water_size == 0.0:
+        executed = executed & (f_latt != 0.0)
+    return dict(
+        pos=vec(raw["pos"]),
+        airpath=one(raw["airpath"]),
+        diffracted=vec(raw["diffracted"]),
+        omega=one(raw["omega"]),
+        capture=one(raw["capture"]),
+        scattering=jnp.stack(scattering, axis=-1),
+        passes=passes,
+        polar=one(raw["polar"]),
+        orient=orient,
+        hkl=hkl,
+        f_latt=f_latt,
+        f_parts=parts,
+        executed=jnp.broadcast_to(executed, f_latt.shape),
+        first_loop=first_loop,
+        any_pass=any_pass,
+    )
+
+
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _trace_kernel(exp, cfg, spixel, fpixel, rendered, fresh, tri_limit):
     dtype = jnp.dtype(cfg.dtype)
-    exp = _cast(exp, dtype)
-    sh = _shared(exp, cfg)
-    s, f = spixel.astype(dtype)[None], fpixel.astype(dtype)[None]
+    sh, exp = run_inputs(exp, cfg)
     c_parity = cfg.carryover == "c-parity"
     if c_parity:
         # A pixel that is not the fresh one sees the stale orientations everywhere.
         sh = sh._replace(fresh=jnp.where(fresh, sh.fresh, sh.stale))
-    ev = _evaluate(sh, exp, cfg, s, f, rendered[None], c_parity)
-    orient = jnp.broadcast_to(sh.stale, ev["hkl"].shape[1:-1] + (3, 3))
-    if c_parity:
-        lss = ev["passes"].shape[1:]
-        one = jax.nn.one_hot(ev["first_loop"][0], math.prod(lss), dtype=bool).reshape(lss)
-        one = one[..., None, None, None, None]
-        orient = jnp.where(one, jnp.broadcast_to(sh.fresh, orient.shape), orient)
-
-    use_tri = None
-    if tri_limit is not None:
-        n_eval = math.prod(ev["f_latt"].shape[1:])
-        use_tri = (jnp.arange(n_eval, dtype=tri_limit.dtype) < tri_limit).reshape(
-            ev["f_latt"].shape
-        )
-    f_cell = _structure_factor(ev, exp, cfg, use_tri)[0]
-    ev = jax.tree_util.tree_map(lambda a: a[0], ev)
+    s, f, r = spixel.astype(dtype)[None], fpixel.astype(dtype)[None], rendered[None]
+    g = evaluation_geometry(sh, exp, cfg, s, f, r)
+    ev = _evaluations(sh, exp, cfg, g, c_parity)
+    # the pixel as the image renders it: a block of this one pixel, index 0 of the tricubic
+    # count (interpolating its first ``tri_limit`` evaluations)
+    pidx = jnp.zeros((1,), jnp.int32 if tri_limit is None else tri_limit.dtype)
+    tri = None if tri_limit is None else (pidx[0], tri_limit.astype(jnp.int32))
+    final, total = pixel_values(sh, exp, cfg, g, pidx, r, tri, c_parity)
+    held = [x[0] for x in held_factors(cfg, g, jnp.argmax(g["passes"], axis=0))]
 
     f_latt = ev["f_latt"]
-    executed = jnp.broadcast_to(ev["executed"], f_latt.shape)
+    use_tri = None
+    if tri_limit is not None:
+        n_eval = math.prod(f_latt.shape)
+        use_tri = (jnp.arange(n_eval, dtype=tri_limit.dtype) < tri_limit).reshape(f_latt.shape)
+    f_cell = jnp.broadcast_to(structure_factor(ev["hkl"], exp, cfg, use_tri), f_latt.shape)
+    executed = ev["executed"]
     contribution = jnp.where(executed, f_cell * f_cell * f_latt * f_latt, 0.0)
-    factor = jnp.ones_like(contribution)
-    if cfg.oversample_thick:
-        factor = factor * ev["capture"][..., None, None, None]
-    if cfg.oversample_polar:
-        factor = factor * ev["polar"][..., None, None]
-    if cfg.oversample_omega:
-        factor = factor * ev["omega"][..., None, None, None]
-    total = _accumulate(sh.i_bg, contribution, factor, executed)
 
-    capture = ev["capture"][-1, -1] if cfg.oversample_thick else ev["capture"][-1, 0]
+    # the factors as the C program holds them after its loops: with -oversample_* the last
+    # evaluation's (the last that passed -dmin, for the polarization)
     passes = ev["passes"]
-    flat_polar = ev["polar"].ravel()
+    capture = ev["capture"][-1, -1] if cfg.oversample_thick else held[0]
     if cfg.oversample_polar:
         last = passes.size - 1 - jnp.argmax(jnp.flip(passes.ravel()))
         none = jnp.asarray(1.0 if cfg.nopolar else 0.0, dtype)
-        polar = jnp.where(ev["any_pass"], flat_polar[last], none)
-    elif cfg.nopolar:
-        polar = jnp.ones((), dtype)
+        polar = jnp.where(ev["any_pass"], ev["polar"].ravel()[last], none)
     else:
-        polar = jnp.where(ev["any_pass"], flat_polar[ev["first_loop"]], 0.0)
+        polar = held[1]
     omega_held = (
-        ev["omega"]
-        if cfg.oversample_omega
-        else jnp.broadcast_to(ev["omega"][0, 0], ev["omega"].shape)
+        ev["omega"] if cfg.oversample_omega else jnp.broadcast_to(held[2], ev["omega"].shape)
     )
-    omega = omega_held[-1, -1]
-    n_src = exp.beam.source_dirs.shape[0]
-    steps = n_src * exp.crystal.mosaic_axes.shape[0] * cfg.phisteps * cfg.oversample**2
-    final = R_E_SQR * exp.beam.fluence * total / steps
-    if not cfg.oversample_thick:
-        final = final * capture
-    if not cfg.oversample_polar:
-        final = final * polar
-    if not cfg.oversample_omega:
-        final = final * omega
-    final = jnp.where(rendered, final, 0.0)
 
     geom = sh.geom
+    orient = ev["orient"]
     rot = orient * 1e10
     recip_rot = jnp.stack(
         [
@@ -265,6 +288,7 @@ def _trace_kernel(exp, cfg, spixel, fpixel, rendered, fresh, tri_limit):
     else:
         fa = fb = fc = jnp.ones_like(f_latt)
     airpath = ev["airpath"]
+    hkl = jnp.stack(ev["hkl"], axis=-1)
     return dict(
         rendered=rendered,
         fresh=fresh,
@@ -294,49 +318,37 @@ def _trace_kernel(exp, cfg, spixel, fpixel, rendered, fresh, tri_limit):
         a_star_rotated=recip_rot[..., 0, :],
         b_star_rotated=recip_rot[..., 1, :],
         c_star_rotated=recip_rot[..., 2, :],
-        hkl_frac=ev["hkl"],
-        hkl_rounded=jnp.ceil(ev["hkl"] - 0.5),
+        hkl_frac=hkl,
+        hkl_rounded=jnp.ceil(hkl - 0.5),
         F_latt_a=fa,
         F_latt_b=fb,
         F_latt_c=fc,
         F_latt=f_latt,
         F_cell=f_cell,
-        tricubic=jnp.zeros(f_latt.shape, bool) if use_tri is None else use_tri[0],
+        tricubic=jnp.zeros(f_latt.shape, bool) if use_tri is None else use_tri,
         executed=executed,
         I_contribution=contribution,
         phi_deg=phi_angles(exp.crystal, cfg.phisteps) * RTD,
-        I_before_scaling=total,
+        I_before_scaling=total[0],
         r_e_meters=jnp.sqrt(jnp.asarray(R_E_SQR, dtype)),
         r_e_sqr=jnp.asarray(R_E_SQR, dtype),
         fluence_photons_per_m2=exp.beam.fluence,
-        steps=jnp.asarray(steps),
+        steps=jnp.asarray(steps(exp, cfg)),
         oversample_thick=jnp.asarray(int(cfg.oversample_thick)),
         oversample_polar=jnp.asarray(int(cfg.oversample_polar)),
         oversample_omega=jnp.asarray(int(cfg.oversample_omega)),
         capture_fraction=capture,
         polar=polar,
-        omega_pixel=omega,
+        omega_pixel=omega_held[-1, -1],
         cos_2theta=jnp.dot(sh.incident[-1], ev["diffracted"][-1, -1]),
-        I_pixel_final=final,
-        floatimage_accumulated=final.astype(jnp.float32).astype(dtype),
+        I_pixel_final=final[0],
+        floatimage_accumulated=final[0].astype(jnp.float32).astype(dtype),
     )
-
-
-def format_g(x: float, precision: int = 15) -> str:
-    """``x`` as C's printf ``%.<precision>g`` prints it (glibc: ``-0``, ``1e-06``, ``-nan``)."""
-    x = float(x)
-    if math.isnan(x):
-        return "-nan" if math.copysign(1.0, x) < 0.0 else "nan"
-    if math.isinf(x):
-        return "-inf" if x < 0.0 else "inf"
-    # Python's "g" formatting is correctly rounded and follows C's rules (trailing zeros
-    # removed, exponent of at least two digits), as glibc's printf is and does.
-    return f"{x:.{precision}g}"
 
 
 def _values(*xs) -> str:
     flat = np.concatenate([np.ravel(np.asarray(x, dtype=float)) for x in xs])
-    return " ".join(format_g(v) for v in flat)
+    return " ".join(_g(v) for v in flat)
 
 
 def _ints(*xs) -> str:
@@ -355,7 +367,7 @@ def _matmul3(a, b):
 
 
 def _matrix(m) -> str:
-    return "[" + "; ".join(" ".join(format_g(v) for v in row) for row in m) + "]"
+    return "[" + "; ".join(" ".join(_g(v) for v in row) for row in m) + "]"
 
 
 CONVENTION_MAPPING = {
@@ -379,7 +391,7 @@ def setup_lines(setup, prefix: str = PREFIX) -> list[str]:
         out.append(f"{prefix}:{name}={_values(v)}")
 
     def scalar(name, v):
-        out.append(f"{prefix}:{name}={format_g(v)}")
+        out.append(f"{prefix}:{name}={_g(v)}")
 
     rx, ry, rz = (float(v) for v in np.asarray(det.rotations))
     twotheta = float(det.twotheta)
@@ -394,8 +406,8 @@ def setup_lines(setup, prefix: str = PREFIX) -> list[str]:
     close = abs(ratio * float(det.distance)) if math.isnan(close) else close
     distance = close / ratio
     pixel_mm = float(det.pixel_size) * 1000.0
-    angles = f"rotx:{format_g(rx)} roty:{format_g(ry)} rotz:{format_g(rz)} "
-    angles += f"twotheta:{format_g(twotheta)}"
+    angles = f"rotx:{_g(rx)} roty:{_g(ry)} rotz:{_g(rz)} "
+    angles += f"twotheta:{_g(twotheta)}"
     beam_f, beam_s = float(det.beam_f), float(det.beam_s)
 
     def common():
@@ -414,8 +426,8 @@ def setup_lines(setup, prefix: str = PREFIX) -> list[str]:
         out.append(f"{prefix}:detector_convention={o.convention.upper()}")
         out.append(f"{prefix}:angles_rad={angles}")
         out.append(
-            f"{prefix}:beam_center_m=Xclose:{format_g(xclose / 1000.0)} "
-            f"Yclose:{format_g(yclose / 1000.0)} pixel_mm:{format_g(pixel_mm)}"
+            f"{prefix}:beam_center_m=Xclose:{_g(xclose / 1000.0)} "
+            f"Yclose:{_g(yclose / 1000.0)} pixel_mm:{_g(pixel_mm)}"
         )
         for name, v in zip(("fdet", "sdet", "odet"), (f0, s0, n0), strict=True):
             vec(f"initial_{name}", v)
@@ -442,8 +454,8 @@ def setup_lines(setup, prefix: str = PREFIX) -> list[str]:
     out.append(f"{prefix}:angles_rad={angles}")
     xbeam, ybeam = setup.header["Xbeam"], setup.header["Ybeam"]
     out.append(
-        f"{prefix}:beam_center_m=X:{format_g(xbeam / 1000.0)} Y:{format_g(ybeam / 1000.0)} "
-        f"pixel_mm:{format_g(pixel_mm)}"
+        f"{prefix}:beam_center_m=X:{_g(xbeam / 1000.0)} Y:{_g(ybeam / 1000.0)} "
+        f"pixel_mm:{_g(pixel_mm)}"
     )
     for name, v in zip(("fdet", "sdet", "odet"), (f0, s0, n0), strict=True):
         vec(f"initial_{name}", v)
@@ -538,10 +550,10 @@ def pixel_lines(record: dict, cfg: SimConfig, prefix: str = PREFIX) -> list[str]
                                 line(name, _values(r[name][ev]))
                         if square and src == 0 and mos == 0:
                             out.append(
-                                f"{prefix}_PHI phi_tic={phi} phi_deg={format_g(r['phi_deg'][phi])} "
-                                f"k_frac={format_g(r['hkl_frac'][ev][1])} "
-                                f"F_latt_b={format_g(r['F_latt_b'][ev])} "
-                                f"F_latt={format_g(r['F_latt'][ev])}"
+                                f"{prefix}_PHI phi_tic={phi} phi_deg={_g(r['phi_deg'][phi])} "
+                                f"k_frac={_g(r['hkl_frac'][ev][1])} "
+                                f"F_latt_b={_g(r['F_latt_b'][ev])} "
+                                f"F_latt={_g(r['F_latt'][ev])}"
                             )
                         if not r["executed"][ev]:
                             continue
@@ -578,7 +590,7 @@ def _source2_lines(r: dict, cfg: SimConfig, ev: tuple, prefix: str) -> list[str]
         ("cos2theta", cos2t),
         ("lambda_angstroms", r["lambda_angstroms"][src]),
     )
-    out = [f"{prefix}_SOURCE2: {name} {format_g(v)}" for name, v in values]
+    out = [f"{prefix}_SOURCE2: {name} {_g(v)}" for name, v in values]
     out.append(f"{prefix}_SOURCE2: source_index {src}")
     return out
 

@@ -18,8 +18,9 @@ from conftest import GOLDEN, REPO, golden_cmd
 
 from jaxdiff.cli import main
 from jaxdiff.experiment import build
+from jaxdiff.io import fmt_g
 from jaxdiff.simulate import simulate
-from jaxdiff.trace import _trace_kernel, format_g, pixel_lines, trace_lines, trace_pixel
+from jaxdiff.trace import _trace_kernel, pixel_lines, trace_lines, trace_pixel
 from jaxdiff.trace_compare import compare, format_report, parse_trace
 
 LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
@@ -31,19 +32,19 @@ def c_printf(fmt: str, x: float) -> str:
     return buf.value.decode()
 
 
-def test_format_g_is_c_printf():
+def test_fmt_g_is_c_printf():
     rng = np.random.default_rng(7)
     values = list(rng.standard_normal(2000) * 10.0 ** rng.integers(-320, 300, 2000))
     values += [0.0, -0.0, 1e-6, 1e-5, 1e-4, 0.1, 1.0, 100.0, 1e15, 1e16, 123456789012345678.0]
     values += [0.5, 2.5, 1e-300, 5e-324, 1.7976931348623157e308, 154.652465820312]
     values += [math.inf, -math.inf, math.nan, -math.nan]
     for x in values:
-        assert format_g(x) == c_printf("%.15g", x), x
-        assert format_g(x, 6) == c_printf("%g", x), x
-    assert format_g(-0.0) == "-0" and format_g(1e-6) == "1e-06" and format_g(100.0) == "100"
+        assert fmt_g(x, 15) == c_printf("%.15g", x), x
+        assert fmt_g(x) == c_printf("%g", x), x
+    assert fmt_g(-0.0) == "-0" and fmt_g(1e-6) == "1e-06" and fmt_g(100.0) == "100"
 
 
-def test_format_g_reprints_every_golden_value():
+def test_fmt_g_reprints_every_golden_value():
     """Every number in the golden TRACE_C lines, read and printed again, is the same text."""
     count = 0
     for path in GOLDEN.glob("*/trace_*_*.txt"):
@@ -53,7 +54,7 @@ def test_format_g_reprints_every_golden_value():
             tokens = [t.strip("[]") for t in line.text.replace(";", " ").split()]
             for token in filter(None, tokens):
                 value = token.rpartition("=" if "=" in token else ":")[2]
-                assert format_g(float(value)) == value, (path, line.name, value)
+                assert fmt_g(float(value), 15) == value, (path, line.name, value)
                 count += 1
     assert count > 30000
 
@@ -211,3 +212,22 @@ def test_parity_example_runs(tmp_path):
     assert "exactly those of φ step 9" in out
     assert "first divergence rot_a_angstroms #1" in out
     assert not list(tmp_path.iterdir())  # Fdump.bin went to a temporary folder
+
+
+def test_float32_trace_is_the_float32_image(workdir):
+    """In float32 the trace's final value is the float32 image's own pixel at the brightest
+    pixels (P3-like: 10 φ steps × 10 mosaic domains × 2² sub-pixels): both take the run's
+    precision policy and the pixel's sum and scaling from the image kernel."""
+    argv = (
+        "-cell 70 80 90 85 95 105 -misset 10 5 3 -default_F 100 -N 5 -lambda 1.0 -distance 100 "
+        "-pixel 0.4 -detpixels 24 -oversample 2 -phi 0 -osc 1 -phisteps 10 -mosaic 0.3 "
+        "-mosaic_dom 10 -mosaic_seed 7 --dtype float32"
+    ).split()
+    setup = build(argv, workdir)
+    image = np.asarray(simulate(setup.experiment, setup.config))
+    assert image.dtype == np.float32
+    brightest = np.argsort(image, axis=None)[-5:]
+    for s, f in zip(*np.unravel_index(brightest, image.shape), strict=True):
+        r = trace_pixel(setup.experiment, setup.config, int(s), int(f))
+        assert r["I_pixel_final"].dtype == np.float32
+        assert float(r["I_pixel_final"]) == pytest.approx(float(image[s, f]), rel=1e-6, abs=0.0)

@@ -9,7 +9,8 @@ import pytest
 from conftest import GOLDEN, golden_cmd
 
 from jaxdiff.experiment import build
-from jaxdiff.trace import format_g, trace_lines
+from jaxdiff.io import fmt_g
+from jaxdiff.trace import trace_lines
 from jaxdiff.trace_compare import BEAM_PIVOT_CONSTANTS, compare, main, parse_trace
 
 # Beam pivot with sub-pixels (repeated names), sample pivot, φ steps (TRACE_C_PHI), sources
@@ -67,7 +68,7 @@ def _perturb(text: str, index: int, factor: float = 1.0 + 1e-6) -> tuple[str, tu
             body = token.strip("[]")
             lead, trail = token[: token.index(body)], token[token.index(body) + len(body) :]
             label, sep, _ = body.rpartition("=") if "=" in body else body.rpartition(":")
-            tokens[t] = f"{lead}{label}{sep}{format_g(new)}{trail}"
+            tokens[t] = f"{lead}{label}{sep}{fmt_g(new, 15)}{trail}"
     value = " ".join(tokens).replace(" ; ", "; ")
     raw[row] = raw[row][: raw[row].rindex(line.text)] + value
     component = element if len(line.numbers) > 1 else None

@@ -20,12 +20,15 @@ _RTD = 180.0 * _M_1_PI
 _LEADING_NUMBER = re.compile(r"\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)")
 
 
-def fmt_g(x: float) -> str:
-    """Format ``x`` exactly as C's ``printf("%g")`` does with glibc (e.g. ``1e+06``, ``-nan``)."""
+def fmt_g(x: float, precision: int = 6) -> str:
+    """``x`` as C's ``printf("%.<precision>g")`` prints it with glibc (``1e+06``, ``-0``,
+    ``-nan``, ``inf``)."""
     x = float(x)
     if math.isnan(x):
         return "-nan" if math.copysign(1.0, x) < 0 else "nan"
-    return f"{x:g}"
+    # Python's "g" formatting is correctly rounded and follows C's rules (trailing zeros
+    # removed, an exponent of at least two digits, "inf"), as glibc's printf is and does.
+    return f"{x:.{precision}g}"
 
 
 def smv_header(lines: Sequence[str]) -> bytes:
