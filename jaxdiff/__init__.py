@@ -5,8 +5,8 @@ from jaxdiff.config import SimConfig
 from jaxdiff.crystal import Crystal
 from jaxdiff.detector import Detector
 from jaxdiff.errors import InputError
-from jaxdiff.experiment import Setup, build
-from jaxdiff.simulate import Experiment, simulate
+from jaxdiff.experiment import Setup, assemble, build, config_for
+from jaxdiff.simulate import Experiment, check_config, simulate
 
 __all__ = [
     "Beam",
@@ -16,6 +16,9 @@ __all__ = [
     "InputError",
     "Setup",
     "SimConfig",
+    "assemble",
     "build",
+    "check_config",
+    "config_for",
     "simulate",
 ]

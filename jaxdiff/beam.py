@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +16,8 @@ R_E_SQR = 7.94079248018965e-30
 AVOGADRO = 6.02214179e23
 # Distance [m] at which generated sources are placed.
 SOURCE_DISTANCE = 10.0
+# nanoBragg's default fluence [photons/m²].
+DEFAULT_FLUENCE = 125932015286227086360700780544.0
 
 
 @jax.tree_util.register_dataclass
@@ -28,6 +32,8 @@ class Beam:
         polar_vector: (3,) unit E-vector direction [-polar_vector].
         polarization: Kahn polarization factor [-polar].
         fluence: photons per m² [-fluence, or -flux × -exposure / -beamsize²].
+
+    Build one with :meth:`from_wavelength`, or field by field for sources of your own.
     """
 
     direction: Array
@@ -37,10 +43,64 @@ class Beam:
     polarization: Array
     fluence: Array
 
+    @classmethod
+    def from_wavelength(
+        cls,
+        wavelength: float,
+        direction: Sequence[float] = (0.0, 0.0, -1.0),
+        *,
+        polar_vector: Sequence[float] | None = None,
+        polarization: float = 0.0,
+        fluence: float = DEFAULT_FLUENCE,
+        divergence: Sequence[tuple[float, float]] = ((0.0, 0.0),),
+        dispersion: tuple[float, float, int] = (0.0, 0.0, 1),
+    ) -> Beam:
+        """A beam of ``wavelength`` [m] travelling along ``direction`` (towards the sample;
+        DIALS' lab frame by default, beam along −z).
+
+        Args:
+            polar_vector: E-vector direction; by default the x axis made perpendicular to the
+                beam (DIALS' default plane of polarization).
+            polarization: Kahn factor (0: unpolarized; DIALS' polarization fraction f is
+                2f − 1).
+            fluence: photons per m².
+            divergence: (horizontal, vertical) angular offsets [rad] of each source point
+                (:func:`divergence_offsets` gives nanoBragg's grids).
+            dispersion: (relative range, relative step, count) of wavelengths per point.
+        """
+        beam = _normalized(direction)
+        if not np.any(beam):
+            raise ValueError("direction: the beam direction must not be zero")
+        if polar_vector is None:
+            trial = np.array([1.0, 0.0, 0.0]) if abs(beam[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+            polar_vector = trial - np.dot(trial, beam) * beam
+        polar = _normalized(polar_vector)
+        span, step, count = dispersion
+        dirs, lams = generated_sources(
+            beam, polar, float(wavelength), list(divergence), span, step, int(count)
+        )
+        if len(dirs) == 0:
+            raise ValueError("divergence: no source point")
+        return cls(
+            direction=beam,
+            source_dirs=dirs,
+            wavelengths=lams,
+            polar_vector=polar,
+            polarization=np.asarray(float(polarization)),
+            fluence=np.asarray(float(fluence)),
+        )
+
 
 def _unit(v: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(v)
     return v / n if n != 0.0 else np.zeros(3)
+
+
+def _normalized(v) -> np.ndarray:
+    """``v`` / |v| (zero stays zero), with |v| formed as nanoBragg's ``unitize`` forms it."""
+    v = np.asarray(v, dtype=float)
+    mag = math.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2])
+    return v / mag if mag != 0.0 else np.zeros(3)
 
 
 def divergence_offsets(hrange, hstep, hsteps, vrange, vstep, vsteps, round_div):

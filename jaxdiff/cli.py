@@ -168,6 +168,7 @@ def prepare(argv: list[str]):
     from jaxdiff.experiment import build
 
     setup = build(argv)
+    setup.write_fdump()  # the C program's structure-factor cache, in the current folder
     return setup
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,8 @@ from jax import Array
 
 from jaxdiff.deviates import Ran1
 from jaxdiff.rotation import axis_angle_matrix, rotate_axis, rotate_xyz, rotation_vector_matrix
+
+DEFINITIONS = ("cell", "a_matrix")
 
 
 @jax.tree_util.register_dataclass
@@ -43,6 +46,10 @@ class Crystal:
         phi0: first φ [rad].
         phistep: φ step [rad].
         fudge: shape-transform width factor (-fudge).
+        defined_by: "cell" when the cell constants define the crystal, "a_matrix" when
+            ``recip0`` does (static; it selects which of the two is read).
+
+    Build one with :meth:`from_cell`, :meth:`from_a_matrix` or :meth:`from_real_space_vectors`.
     """
 
     cell: Array
@@ -57,6 +64,93 @@ class Crystal:
     phi0: Array
     phistep: Array
     fudge: Array
+    defined_by: str = dataclasses.field(metadata=dict(static=True))
+
+    def __post_init__(self):
+        if self.defined_by not in DEFINITIONS:
+            raise ValueError(f"defined_by must be one of {DEFINITIONS}, not {self.defined_by!r}")
+
+    @classmethod
+    def from_cell(cls, cell: Sequence[float], **kwargs) -> Crystal:
+        """A crystal from cell constants a, b, c [Å], α, β, γ [rad], in nanoBragg's default
+        orientation (a* along x, b* in the xy plane) turned by ``misset``.
+
+        Keyword arguments (shared by every constructor): ``misset`` x, y, z rotations [rad];
+        ``ncells`` Na, Nb, Nc; ``mosaic_spread`` [rad] over ``mosaic_domains`` domains drawn
+        with ``mosaic_seed`` (nanoBragg's generator); ``rotation_axis`` the unit φ axis,
+        ``phi0`` and ``phistep`` [rad]; ``fudge`` the shape-transform width factor.
+        """
+        return cls._build(np.asarray(cell, dtype=float), np.full((3, 3), np.nan), "cell", kwargs)
+
+    @classmethod
+    def from_a_matrix(cls, a_matrix: Sequence[Sequence[float]], **kwargs) -> Crystal:
+        """A crystal from dxtbx's A = U·B: columns a*, b*, c* [1/Å] (no wavelength in it).
+
+        A MOSFLM matrix file holds A·λ [Å]: divide by the wavelength in Å first. Keyword
+        arguments as for :meth:`from_cell`.
+        """
+        recip0 = np.asarray(a_matrix, dtype=float).T
+        return cls._build(np.zeros(6), recip0, "a_matrix", kwargs)
+
+    @classmethod
+    def from_real_space_vectors(
+        cls,
+        real_space_a: Sequence[float],
+        real_space_b: Sequence[float],
+        real_space_c: Sequence[float],
+        **kwargs,
+    ) -> Crystal:
+        """A crystal from its real-space cell vectors a, b, c [Å] (dxtbx's ``real_space_a``…).
+
+        Keyword arguments as for :meth:`from_cell`.
+        """
+        real = np.stack(
+            [np.asarray(v, dtype=float) for v in (real_space_a, real_space_b, real_space_c)]
+        )
+        return cls.from_a_matrix(np.linalg.inv(real), **kwargs)
+
+    @classmethod
+    def _build(cls, cell, recip0, defined_by, kw) -> Crystal:
+        unknown = sorted(set(kw) - set(_DEFAULTS))
+        if unknown:
+            raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
+        get = {**_DEFAULTS, **kw}
+        axes, scale = mosaic_domain_draws(int(get["mosaic_domains"]), int(get["mosaic_seed"]))
+        return cls(
+            cell=cell,
+            recip0=recip0,
+            misset=np.asarray(get["misset"], dtype=float),
+            rotation=np.zeros(3),
+            ncells=np.asarray(get["ncells"], dtype=float),
+            mosaic_spread=np.asarray(float(get["mosaic_spread"])),
+            mosaic_axes=axes,
+            mosaic_scale=scale,
+            spindle=_unit_np(get["rotation_axis"]),
+            phi0=np.asarray(float(get["phi0"])),
+            phistep=np.asarray(float(get["phistep"])),
+            fudge=np.asarray(float(get["fudge"])),
+            defined_by=defined_by,
+        )
+
+
+_DEFAULTS = dict(
+    misset=(0.0, 0.0, 0.0),
+    ncells=(1.0, 1.0, 1.0),
+    mosaic_spread=0.0,
+    mosaic_domains=1,
+    mosaic_seed=-12345678,
+    rotation_axis=(1.0, 0.0, 0.0),
+    phi0=0.0,
+    phistep=0.0,
+    fudge=1.0,
+)
+
+
+def _unit_np(v) -> np.ndarray:
+    """``v`` / |v| (zero stays zero), with |v| formed as nanoBragg's ``unitize`` forms it."""
+    v = np.asarray(v, dtype=float)
+    mag = math.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2])
+    return v / mag if mag != 0.0 else np.zeros(3)
 
 
 def _norm(v: Array) -> Array:
@@ -104,12 +198,15 @@ def default_reciprocal_frame(cell: Array) -> tuple[Array, Array, Array, Array]:
     return a_star, b_star, c_star, v_cell
 
 
-def cell_vectors(crystal: Crystal, from_cell: bool) -> tuple[Array, Array]:
+def cell_vectors(crystal: Crystal, from_cell: bool | None = None) -> tuple[Array, Array]:
     """Unrotated (φ = 0, no mosaic) real vectors [m] and reciprocal vectors [1/Å].
 
     Returns ``(real, recip)``, each (3, 3) with rows a, b, c and a*, b*, c*. ``from_cell`` is
-    static: True when the cell constants define the crystal, False for an A matrix.
+    static: True when the cell constants define the crystal, False for an A matrix; it
+    defaults to the crystal's own.
     """
+    if from_cell is None:
+        from_cell = crystal.defined_by == "cell"
     if from_cell:
         a_star, b_star, c_star, v_formula = default_reciprocal_frame(crystal.cell)
     else:

@@ -9,16 +9,34 @@ nanoBragg does, so every derived quantity is differentiable with respect to the 
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 from jaxdiff.rotation import rotate_axis, rotate_xyz
 
 # Tiny positive value used by nanoBragg when the beam is parallel to the detector plane.
 _DBL_MIN = 2.2250738585072014e-308
+
+# nanoBragg's conventions: beam, fast, slow, normal, two-theta axis, polarization, spindle.
+CONVENTION_VECTORS = {
+    "adxv": ((0, 0, 1), (1, 0, 0), (0, -1, 0), (0, 0, 1), (-1, 0, 0), (1, 0, 0), (1, 0, 0)),
+    "mosflm": ((1, 0, 0), (0, 0, 1), (0, -1, 0), (1, 0, 0), (0, 0, -1), (0, 0, 1), (0, 0, 1)),
+    "denzo": ((1, 0, 0), (0, 0, 1), (0, -1, 0), (1, 0, 0), (0, 0, -1), (0, 0, 1), (0, 0, 1)),
+    "xds": ((0, 0, 1), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 0, 0), (1, 0, 0), (1, 0, 0)),
+    "dials": ((0, 0, 1), (1, 0, 0), (0, 1, 0), (0, 0, 1), (0, 1, 0), (0, 1, 0), (0, 1, 0)),
+}
+PIVOTS = ("beam", "sample")
+
+
+def _static(**kwargs):
+    """A dataclass field that is pytree metadata (hashable, part of the jit cache key)."""
+    return dataclasses.field(metadata=dict(static=True), **kwargs)
 
 
 @jax.tree_util.register_dataclass
@@ -39,6 +57,12 @@ class Detector:
         pixel_size: [m] [-pixel].
         layer_thickness: thickness of one sensor layer [m] (0: no absorption model).
         mu: sensor attenuation coefficient [1/m] [-detector_abs gives 1/mu].
+        image_size: (fast, slow) pixel counts (static) [-detpixels].
+        pivot: "beam" or "sample" (static): what stays fixed when the detector rotates, and
+            what ``beam_f``/``beam_s`` locate [-pivot].
+
+    Build one with :meth:`from_vectors` (dxtbx's panel frame) or :meth:`from_convention`
+    (nanoBragg's conventions and beam centre), or field by field.
     """
 
     fast_axis: Array
@@ -54,6 +78,205 @@ class Detector:
     pixel_size: Array
     layer_thickness: Array
     mu: Array
+    image_size: tuple[int, int] = _static()
+    pivot: str = _static()
+
+    def __post_init__(self):
+        if self.pivot not in PIVOTS:
+            raise ValueError(f"pivot must be one of {PIVOTS}, not {self.pivot!r}")
+        size = tuple(int(n) for n in self.image_size)
+        if len(size) != 2 or min(size) <= 0:
+            raise ValueError(f"image_size must be two positive pixel counts, got {size}")
+        object.__setattr__(self, "image_size", size)
+
+    @classmethod
+    def from_vectors(
+        cls,
+        fast_axis: Sequence[float],
+        slow_axis: Sequence[float],
+        origin: Sequence[float],
+        pixel_size: float | Sequence[float],
+        image_size: tuple[int, int],
+        *,
+        layer_thickness: float = 0.0,
+        mu: float = 0.0,
+    ) -> Detector:
+        """A flat detector from dxtbx's panel frame.
+
+        Args:
+            fast_axis, slow_axis: (3,) directions of increasing fast and slow pixel index.
+            origin: (3,) the first pixel's outer corner, from the sample [m].
+            pixel_size: edge of a square pixel [m] (or an equal (fast, slow) pair).
+            image_size: (fast, slow) pixel counts.
+            layer_thickness, mu: one sensor layer's thickness [m] and attenuation [1/m].
+
+        The detector pivots about the sample; its normal is the unit fast × slow, turned to
+        face away from the sample.
+        """
+        size = np.broadcast_to(np.asarray(pixel_size, dtype=float), (2,))
+        if size[0] != size[1] or not size[0] > 0.0:
+            raise ValueError(f"pixel_size: square pixels of positive size only, got {size}")
+        fast, slow = _unit_np(fast_axis), _unit_np(slow_axis)
+        origin = np.asarray(origin, dtype=float)
+        normal = _unit_np(np.cross(fast, slow))
+        if np.dot(origin, normal) < 0.0:
+            normal = -normal
+        # origin = -beam_f·fast - beam_s·slow + close·normal (the sample pivot's first corner)
+        beam_f, beam_s, close = np.linalg.solve(np.stack([-fast, -slow, normal], axis=1), origin)
+        return cls(
+            fast_axis=fast,
+            slow_axis=slow,
+            normal=normal,
+            beam_f=np.asarray(beam_f),
+            beam_s=np.asarray(beam_s),
+            distance=np.asarray(close),
+            close_distance=np.asarray(close),
+            rotations=np.zeros(3),
+            twotheta=np.asarray(0.0),
+            twotheta_axis=np.array([0.0, 1.0, 0.0]),
+            pixel_size=np.asarray(float(size[0])),
+            layer_thickness=np.asarray(float(layer_thickness)),
+            mu=np.asarray(float(mu)),
+            image_size=tuple(image_size),
+            pivot="sample",
+        )
+
+    @classmethod
+    def from_convention(
+        cls,
+        convention: str,
+        pixel_size: float,
+        image_size: tuple[int, int],
+        distance: float,
+        beam_centre: tuple[float, float] | None = None,
+        *,
+        close_centre: tuple[float, float] | None = None,
+        origin_pixel: tuple[float, float] | None = None,
+        close_distance: float = math.nan,
+        rotations: Sequence[float] = (0.0, 0.0, 0.0),
+        twotheta: float = 0.0,
+        twotheta_axis: Sequence[float] | None = None,
+        pivot: str | None = None,
+        axes: tuple[Sequence[float], Sequence[float], Sequence[float]] | None = None,
+        detector_size: tuple[float, float] | None = None,
+        layer_thickness: float = 0.0,
+        mu: float = 0.0,
+    ) -> Detector:
+        """A detector placed the way nanoBragg places it for a convention.
+
+        Args:
+            convention: "mosflm", "denzo", "adxv", "xds", "dials" or "custom".
+            pixel_size [m], image_size (fast, slow) pixels, distance [m] along the beam.
+            beam_centre: (X, Y) beam centre [m] in the convention's own meaning [-Xbeam/-Ybeam].
+            close_centre: (X, Y) of the point nearest the sample [m] [-Xclose/-Yclose].
+            origin_pixel: (ORGX, ORGY) in pixels, XDS style [-ORGX/-ORGY].
+            close_distance: distance along the normal [m] (NaN: derived) [-close_distance].
+            rotations (rad, about x, y, z), twotheta (rad), twotheta_axis: the swing.
+            pivot: "beam" or "sample"; the convention's own where it forces one.
+            axes: (fast, slow, normal) unit vectors for "custom" (else the convention's).
+            detector_size: (fast, slow) extent [m] when it is not pixels × pixel size.
+            layer_thickness, mu: one sensor layer's thickness [m] and attenuation [1/m].
+        """
+        centre = beam_centre_rule(
+            convention,
+            pixel_size,
+            detector_size or (pixel_size * image_size[0], pixel_size * image_size[1]),
+            beam_centre,
+            close_centre,
+            origin_pixel,
+            pivot,
+        )
+        if convention in CONVENTION_VECTORS:
+            _, fast, slow, normal, default_axis, _, _ = CONVENTION_VECTORS[convention]
+        elif axes is not None:
+            fast, slow, normal = axes
+            default_axis = (0.0, 1.0, 0.0)
+        else:
+            raise ValueError(f"convention {convention!r} needs the detector axes")
+        sample = centre.pivot == "sample"
+        return cls(
+            fast_axis=_unit_np(fast),
+            slow_axis=_unit_np(slow),
+            normal=_unit_np(normal),
+            beam_f=np.asarray(centre.fclose if sample else centre.fbeam),
+            beam_s=np.asarray(centre.sclose if sample else centre.sbeam),
+            distance=np.asarray(float(distance)),
+            close_distance=np.asarray(float(close_distance)),
+            rotations=np.asarray(rotations, dtype=float),
+            twotheta=np.asarray(float(twotheta)),
+            twotheta_axis=np.asarray(
+                default_axis if twotheta_axis is None else twotheta_axis, dtype=float
+            ),
+            pixel_size=np.asarray(float(pixel_size)),
+            layer_thickness=np.asarray(float(layer_thickness)),
+            mu=np.asarray(float(mu)),
+            image_size=tuple(image_size),
+            pivot=centre.pivot,
+        )
+
+
+def _unit_np(v) -> np.ndarray:
+    v = np.asarray(v, dtype=float)
+    mag = math.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2])
+    return v / mag if mag != 0.0 else np.zeros(3)
+
+
+class BeamCentre(NamedTuple):
+    """Where nanoBragg puts the beam: detector coordinates [m] from the first pixel's corner
+    of the direct-beam spot (``fbeam``, ``sbeam``) and of the point nearest the sample
+    (``fclose``, ``sclose``), the convention's reported ``xbeam``, ``ybeam``, and the pivot."""
+
+    fbeam: float
+    sbeam: float
+    fclose: float
+    sclose: float
+    xbeam: float
+    ybeam: float
+    pivot: str
+
+
+def beam_centre_rule(
+    convention: str,
+    pixel_size: float,
+    detector_size: tuple[float, float],
+    beam_centre: tuple[float, float] | None,
+    close_centre: tuple[float, float] | None,
+    origin_pixel: tuple[float, float] | None,
+    pivot: str | None,
+) -> BeamCentre:
+    """nanoBragg's beam-centre rules: which of -Xbeam/-Ybeam, -Xclose/-Yclose and -ORGX/-ORGY
+    a convention honours, their defaults, and the pivot the convention forces."""
+    nan = math.nan
+    xbeam, ybeam = beam_centre if beam_centre is not None else (nan, nan)
+    xclose, yclose = close_centre if close_centre is not None else (nan, nan)
+    orgx, orgy = origin_pixel if origin_pixel is not None else (nan, nan)
+    size_f, size_s = detector_size
+    pix = pixel_size
+    fclose = (orgx - 0.5) * pix if not math.isnan(orgx) else size_f / 2.0
+    sclose = (orgy - 0.5) * pix if not math.isnan(orgy) else size_s / 2.0
+    xclose = fclose if math.isnan(xclose) else xclose
+    yclose = sclose if math.isnan(yclose) else yclose
+    fbeam, sbeam = fclose, sclose
+    pivot = pivot or "beam"
+    if convention == "adxv":
+        xbeam = (size_f + pix) / 2.0 if math.isnan(xbeam) else xbeam
+        ybeam = (size_s - pix) / 2.0 if math.isnan(ybeam) else ybeam
+        fbeam, sbeam, pivot = xbeam, size_s - ybeam, "beam"
+    elif convention in ("mosflm", "denzo"):
+        xbeam = (size_s + pix) / 2.0 if math.isnan(xbeam) else xbeam
+        ybeam = (size_f + pix) / 2.0 if math.isnan(ybeam) else ybeam
+        half = 0.5 * pix if convention == "mosflm" else 0.0
+        fbeam, sbeam, pivot = ybeam + half, xbeam + half, "beam"
+    elif convention in ("xds", "dials"):
+        xbeam = xclose if math.isnan(xbeam) else xbeam
+        ybeam = yclose if math.isnan(ybeam) else ybeam
+        fbeam, sbeam, pivot = xbeam, ybeam, "sample"
+    else:
+        xbeam = xclose if math.isnan(xbeam) else xbeam
+        ybeam = yclose if math.isnan(ybeam) else ybeam
+        fbeam, sbeam = xbeam, ybeam
+        fclose, sclose = xbeam, ybeam
+    return BeamCentre(fbeam, sbeam, fclose, sclose, xbeam, ybeam, pivot)
 
 
 class DetectorGeometry(NamedTuple):
@@ -67,8 +290,15 @@ class DetectorGeometry(NamedTuple):
     distance: Array
 
 
-def detector_geometry(det: Detector, beam_direction: Array, pivot_sample: bool) -> DetectorGeometry:
-    """Rotate the detector and place its origin (nanoBragg's detector set-up)."""
+def detector_geometry(
+    det: Detector, beam_direction: Array, pivot_sample: bool | None = None
+) -> DetectorGeometry:
+    """Rotate the detector and place its origin (nanoBragg's detector set-up).
+
+    ``pivot_sample`` defaults to the detector's own pivot.
+    """
+    if pivot_sample is None:
+        pivot_sample = det.pivot == "sample"
     rx, ry, rz = det.rotations[0], det.rotations[1], det.rotations[2]
     ratio = jnp.dot(beam_direction, rotate_xyz(det.normal, rx, ry, rz))
     ratio = jnp.where(ratio == 0.0, _DBL_MIN, ratio)

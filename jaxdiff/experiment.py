@@ -17,13 +17,14 @@ import numpy as np
 
 from jaxdiff import aot
 from jaxdiff import crystal as xtal
-from jaxdiff.beam import Beam, divergence_offsets, file_sources, generated_sources
+from jaxdiff.beam import Beam, divergence_offsets, file_sources
 from jaxdiff.config import SimConfig
 from jaxdiff.crystal import Crystal
-from jaxdiff.detector import Detector, detector_geometry
+from jaxdiff.detector import CONVENTION_VECTORS, Detector, beam_centre_rule, detector_geometry
 from jaxdiff.errors import InputError
 from jaxdiff.flags import RTD, Options, parse
 from jaxdiff.io import (
+    HKLGrid,
     header_float,
     read_fdump,
     read_hkl,
@@ -32,24 +33,17 @@ from jaxdiff.io import (
     read_sourcefile,
     write_fdump,
 )
+from jaxdiff.io.dials import DialsExperiment, read_experiment
 from jaxdiff.simulate import Experiment
 
 FDUMP = "Fdump.bin"
+EXPT = "expt"  # the convention of a geometry read from --expt: custom vectors, kept as given
 
 # Set-up evaluates these once per run; compiled whole they cost one (cached) program each
 # instead of dozens of small eager operations. The pytrees hold NumPy arrays until the
 # finished experiment goes to the device in one transfer.
 _detector_geometry = jax.jit(detector_geometry, static_argnames="pivot_sample")
 _cell_vectors = jax.jit(xtal.cell_vectors, static_argnames="from_cell")
-
-CONVENTION_VECTORS = {
-    # beam, fast, slow, normal, twotheta axis, polarization, spindle
-    "adxv": ((0, 0, 1), (1, 0, 0), (0, -1, 0), (0, 0, 1), (-1, 0, 0), (1, 0, 0), (1, 0, 0)),
-    "mosflm": ((1, 0, 0), (0, 0, 1), (0, -1, 0), (1, 0, 0), (0, 0, -1), (0, 0, 1), (0, 0, 1)),
-    "denzo": ((1, 0, 0), (0, 0, 1), (0, -1, 0), (1, 0, 0), (0, 0, -1), (0, 0, 1), (0, 0, 1)),
-    "xds": ((0, 0, 1), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 0, 0), (1, 0, 0), (1, 0, 0)),
-    "dials": ((0, 0, 1), (1, 0, 0), (0, 1, 0), (0, 0, 1), (0, 1, 0), (0, 1, 0), (0, 1, 0)),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +57,14 @@ class Setup:
     header: dict
     steps: int
     hkl_count: int
+    hkl_table: HKLGrid | None = None
+    expt: DialsExperiment | None = None
+
+    def write_fdump(self, folder: str | os.PathLike = ".") -> None:
+        """Write the -hkl table to ``Fdump.bin`` in ``folder``, as the C program does (nothing
+        without -hkl)."""
+        if self.hkl_table is not None:
+            write_fdump(Path(folder) / FDUMP, self.hkl_table)
 
 
 def _apply_header(o: Options, path: str, mask: bool) -> np.ndarray:
@@ -160,39 +162,136 @@ def _unit(v) -> tuple[np.ndarray, float]:
     return (v / mag if mag != 0.0 else np.zeros(3)), mag
 
 
-def load_options(argv: list[str]) -> tuple[Options, np.ndarray | None]:
-    """Parse a command line, reading -mask and -img headers first as the C program does."""
+def _at(cwd: Path | None, path: str | None) -> str | None:
+    """A file name from the command line, relative to ``cwd`` (absolute names unchanged)."""
+    if path is None or cwd is None:
+        return path
+    return str(cwd / path)
+
+
+def load_options(
+    argv: list[str], cwd: str | os.PathLike | None = None
+) -> tuple[Options, np.ndarray | None, DialsExperiment | None]:
+    """Parse a command line, reading the --expt file and the -mask and -img headers first (as
+    the C program reads its headers), so that flags add to and override what those say.
+
+    Returns the options, the -mask image and the --expt experiment (None when not given).
+    """
+    folder = Path(cwd) if cwd is not None else None
     first = parse(argv)
     base = Options()
-    mask = None
+    mask = expt = None
+    if first.expt:
+        expt = read_experiment(_at(folder, first.expt))
+        _apply_experiment(base, expt)
     if first.maskfile:
-        mask = _apply_header(base, first.maskfile, mask=True)
+        mask = _apply_header(base, _at(folder, first.maskfile), mask=True)
     if first.imgfile:
-        _apply_header(base, first.imgfile, mask=False)
-    return parse(argv, base), mask
+        _apply_header(base, _at(folder, first.imgfile), mask=False)
+    o = parse(argv, base)
+    for attr in ("matfile", "hklfile", "imgfile", "maskfile", "stolfile", "sourcefile", "expt"):
+        setattr(o, attr, _at(folder, getattr(o, attr)))
+    return o, mask, expt
+
+
+def _apply_experiment(o: Options, expt: DialsExperiment) -> None:
+    """Options as the --expt file's beam, detector, goniometer and scan set them."""
+    det = expt.detector()
+    beam_dir = expt.beam_direction
+    ratio = float(np.dot(beam_dir, np.asarray(det.normal)))
+    if ratio <= 0.0:
+        raise InputError(f"{expt.path}: the detector does not face the beam")
+    o.lambda0 = expt.wavelength
+    o.beam = list(beam_dir)
+    o.polar_vector = list(expt.polar_vector)
+    o.polarization = expt.polarization
+    o.convention = EXPT
+    o.pivot = "sample"
+    o.fdet, o.sdet, o.odet = (
+        list(np.asarray(v)) for v in (det.fast_axis, det.slow_axis, det.normal)
+    )
+    o.Xbeam, o.Ybeam = float(det.beam_f), float(det.beam_s)
+    o.distance = float(det.close_distance) / ratio
+    o.close_distance = math.nan
+    o.pixel_size = float(det.pixel_size)
+    o.fpixels, o.spixels = det.image_size
+    o.detsize_f = o.pixel_size * o.fpixels
+    o.detsize_s = o.pixel_size * o.spixels
+    if expt.thickness > 0.0:
+        o.detector_thick = expt.thickness
+        o.detector_mu = expt.mu
+    if expt.rotation_axis is not None:
+        o.spindle = list(expt.rotation_axis)
+    if expt.oscillation is not None:
+        o.phi0, o.osc = expt.oscillation
 
 
 def build(argv: list[str], cwd: str | os.PathLike | None = None) -> Setup:
-    """Resolve a nanoBragg command line into a :class:`Setup` (files relative to ``cwd``)."""
-    cwd = Path(cwd or ".")
-    old = Path.cwd()
-    os.chdir(cwd)
-    try:
-        o, mask_data = load_options(argv)
-        return _resolve(o, mask_data)
-    finally:
-        os.chdir(old)
+    """Resolve a nanoBragg command line into a :class:`Setup`.
+
+    Input files are found relative to ``cwd`` (default: the current folder), including an
+    ``Fdump.bin`` read when -hkl is absent. Nothing is written: the ``jaxdiff`` command writes
+    the structure-factor cache (:meth:`Setup.write_fdump`).
+    """
+    o, mask_data, expt = load_options(argv, cwd)
+    return _resolve(o, mask_data, expt, Path(cwd) if cwd is not None else Path("."))
 
 
-def _resolve(o: Options, mask_data) -> Setup:
-    if o.pixel_size <= 0.0:
-        raise InputError(f"-pixel: pixel size must be positive, got {o.pixel_size * 1e3:g} mm")
-    if o.fpixels:
-        o.detsize_f = o.pixel_size * o.fpixels
-    if o.spixels:
-        o.detsize_s = o.pixel_size * o.spixels
-    fpixels = int(math.ceil(o.detsize_f / o.pixel_size - 0.5))
-    spixels = int(math.ceil(o.detsize_s / o.pixel_size - 0.5))
+def assemble(
+    beam: Beam,
+    crystal: Crystal,
+    detector: Detector,
+    *,
+    default_F: float = 0.0,
+    table: HKLGrid | None = None,
+    mask: np.ndarray | None = None,
+) -> Experiment:
+    """An :class:`Experiment` of models built in Python.
+
+    Args:
+        default_F: structure factor of reflections not in ``table``.
+        table: structure factors (:func:`jaxdiff.io.read_hkl`), or None for ``default_F``
+            everywhere.
+        mask: (slow, fast) nonzero where a pixel is rendered; all pixels by default.
+    """
+    fpixels, spixels = detector.image_size
+    shape = (spixels, fpixels)
+    rendered = np.ones(shape) if mask is None else (np.asarray(mask) != 0).astype(np.float64)
+    if rendered.shape != shape:
+        raise ValueError(
+            f"mask is {rendered.shape[1]}x{rendered.shape[0]}, the detector {fpixels}x{spixels}"
+        )
+    return Experiment(
+        beam=beam,
+        crystal=crystal,
+        detector=detector,
+        fhkl=np.asarray(table.F) if table is not None else np.zeros((1, 1, 1)),
+        default_F=np.asarray(float(default_F)),
+        mask=rendered,
+    )
+
+
+def config_for(exp: Experiment, table: HKLGrid | None = None, **settings) -> SimConfig:
+    """A :class:`SimConfig` whose model-given fields match ``exp``: the detector's size and
+    pivot, how the crystal is defined, a full-detector ROI (unless ``roi`` is given) and, with
+    ``table`` (the structure factors ``exp`` holds), its index bounds. ``settings`` are the
+    other fields (oversample, phisteps, shape, ...)."""
+    fpixels, spixels = exp.detector.image_size
+    settings.setdefault("roi", (0, fpixels, 0, spixels))
+    if table is not None and table.count:
+        settings.setdefault("table_lo", (table.h_min, table.k_min, table.l_min))
+        settings.setdefault("table_hi", (table.h_max, table.k_max, table.l_max))
+    return SimConfig(
+        spixels=spixels,
+        fpixels=fpixels,
+        from_cell=exp.crystal.defined_by == "cell",
+        pivot_sample=exp.detector.pivot == "sample",
+        **settings,
+    )
+
+
+def _check(o: Options, fpixels: int, spixels: int, have_crystal: bool) -> None:
+    """The flags' own consistency: one message naming the flag."""
     if fpixels <= 0 or spixels <= 0:
         raise InputError(f"-detpixels: detector must have pixels, got {fpixels}x{spixels}")
     if o.lambda0 <= 0.0:
@@ -206,242 +305,173 @@ def _resolve(o: Options, mask_data) -> Setup:
         raise InputError(f"-oversample: must be a positive whole number, got {o.oversample}")
     if o.matfile and o.user_cell:
         raise InputError("-cell and -mat both give the unit cell: use one of them")
-    if not o.matfile and not o.user_cell:
-        raise InputError("no crystal: give -cell a b c alpha beta gamma, or -mat FILE")
+    if not o.matfile and not o.user_cell and not have_crystal:
+        raise InputError("no crystal: give -cell a b c alpha beta gamma, -mat FILE or --expt FILE")
 
-    fluence = o.fluence
-    if o.flux != 0.0 and o.exposure > 0.0 and o.beamsize >= 0:
-        fluence = o.flux * o.exposure / o.beamsize / o.beamsize
-    sample = list(o.sample_size)
-    if o.beamsize >= 0:
-        sample[1] = min(sample[1], o.beamsize)
-        sample[2] = min(sample[2], o.beamsize)
 
-    # beam centre defaults and conventions
-    pix = o.pixel_size
-    fclose = (o.ORGX - 0.5) * pix if not math.isnan(o.ORGX) else o.detsize_f / 2.0
-    sclose = (o.ORGY - 0.5) * pix if not math.isnan(o.ORGY) else o.detsize_s / 2.0
-    xclose = fclose if math.isnan(o.Xclose) else o.Xclose
-    yclose = sclose if math.isnan(o.Yclose) else o.Yclose
-    xbeam, ybeam = o.Xbeam, o.Ybeam
-    fbeam, sbeam = fclose, sclose
-    pivot = o.pivot
-    conv = o.convention
-    vectors = {
-        "beam": o.beam,
-        "fast": o.fdet,
-        "slow": o.sdet,
-        "normal": o.odet,
-        "twotheta": o.twotheta_axis,
-        "polar": o.polar_vector,
-        "spindle": o.spindle,
-    }
-    if conv in CONVENTION_VECTORS:
-        keys = ("beam", "fast", "slow", "normal", "twotheta", "polar", "spindle")
-        vectors = dict(zip(keys, CONVENTION_VECTORS[conv], strict=True))
-    if conv == "adxv":
-        xbeam = (o.detsize_f + pix) / 2.0 if math.isnan(xbeam) else xbeam
-        ybeam = (o.detsize_s - pix) / 2.0 if math.isnan(ybeam) else ybeam
-        fbeam, sbeam, pivot = xbeam, o.detsize_s - ybeam, "beam"
-    elif conv in ("mosflm", "denzo"):
-        xbeam = (o.detsize_s + pix) / 2.0 if math.isnan(xbeam) else xbeam
-        ybeam = (o.detsize_f + pix) / 2.0 if math.isnan(ybeam) else ybeam
-        half = 0.5 * pix if conv == "mosflm" else 0.0
-        fbeam, sbeam, pivot = ybeam + half, xbeam + half, "beam"
-    elif conv in ("xds", "dials"):
-        xbeam = xclose if math.isnan(xbeam) else xbeam
-        ybeam = yclose if math.isnan(ybeam) else ybeam
-        fbeam, sbeam, pivot = xbeam, ybeam, "sample"
-    else:
-        xbeam = xclose if math.isnan(xbeam) else xbeam
-        ybeam = yclose if math.isnan(ybeam) else ybeam
-        fbeam, sbeam = xbeam, ybeam
-        fclose, sclose = xbeam, ybeam
-
-    beam_dir, _ = _unit(vectors["beam"])
-    fast, _ = _unit(vectors["fast"])
-    slow, _ = _unit(vectors["slow"])
-    normal, mag = _unit(vectors["normal"])
-    if mag != 1.0:
-        print("WARNING: auto-generating odet_vector")
-        normal, _ = _unit(np.cross(fast, slow))
-    polar_vec, _ = _unit(vectors["polar"])
-    spindle, _ = _unit(vectors["spindle"])
-    twotheta_axis = np.asarray(vectors["twotheta"], dtype=float)
-    if np.linalg.norm(beam_dir) == 0.0:
-        raise InputError("-beam_vector: must not be zero")
-
-    # sampling counts
-    osc, phistep, phisteps = _phi_logic(o.osc, o.phistep, o.phisteps)
-    hrange, hstep, hsteps = _steps_logic(o.hdivrange, o.hdivstep, o.hdivsteps, 1.0)
-    vrange, vstep, vsteps = _steps_logic(o.vdivrange, o.vdivstep, o.vdivsteps, 1.0)
-    disp, dstep, dsteps = _steps_logic(o.dispersion, -1.0, o.dispsteps, 1.0)
-    thick, thickstep, thicksteps = _thick_logic(o.detector_thick, -1.0, o.detector_thicksteps)
-    mu = o.detector_mu
-    if thick > 0.0 and mu < 0.0:
-        mu = 1.0 / thick
+def _counts(o: Options) -> dict:
+    """nanoBragg's sampling counts: (range, step, count) of φ, divergence, dispersion, sensor
+    layers, and the mosaic spread and domain count, with the C program's defaults."""
+    phi = _phi_logic(o.osc, o.phistep, o.phisteps)
+    hdiv = _steps_logic(o.hdivrange, o.hdivstep, o.hdivsteps, 1.0)
+    vdiv = _steps_logic(o.vdivrange, o.vdivstep, o.vdivsteps, 1.0)
+    disp = _steps_logic(o.dispersion, -1.0, o.dispsteps, 1.0)
+    thick = _thick_logic(o.detector_thick, -1.0, o.detector_thicksteps)
     spread, domains = o.mosaic_spread, o.mosaic_domains
     if domains <= 0:
         spread, domains = (0.0, 1) if spread < 0.0 else (spread, 1 if spread == 0.0 else 10)
     elif spread <= 0.0:
         spread, domains = 0.0, 1
-    if hrange <= 0.0 or hstep <= 0.0 or hsteps <= 0:
-        hrange, hstep, hsteps = 0.0, 0.0, 1
-    if vrange <= 0.0 or vstep <= 0.0 or vsteps <= 0:
-        vrange, vstep, vsteps = 0.0, 0.0, 1
-    if disp <= 0.0 or dstep <= 0.0 or dsteps <= 0:
-        disp, dstep, dsteps = 0.0, 0.0, 1
-    if thick <= 0.0 or thickstep <= 0.0 or thicksteps <= 0:
-        thick, thickstep, thicksteps = 0.0, 0.0, 1
 
-    pivot_sample = pivot == "sample"
-    det = Detector(
-        fast_axis=np.asarray(fast),
-        slow_axis=np.asarray(slow),
-        normal=np.asarray(normal),
-        beam_f=np.asarray(fclose if pivot_sample else fbeam),
-        beam_s=np.asarray(sclose if pivot_sample else sbeam),
-        distance=np.asarray(o.distance),
-        close_distance=np.asarray(o.close_distance),
-        rotations=np.asarray(o.detector_rot, dtype=float),
-        twotheta=np.asarray(o.twotheta),
-        twotheta_axis=np.asarray(twotheta_axis),
-        pixel_size=np.asarray(pix),
-        layer_thickness=np.asarray(thickstep),
-        mu=np.asarray(mu),
+    def off_when_empty(t):
+        return (0.0, 0.0, 1) if t[0] <= 0.0 or t[1] <= 0.0 or t[2] <= 0 else t
+
+    mu = o.detector_mu
+    if thick[0] > 0.0 and mu < 0.0:
+        mu = 1.0 / thick[0]
+    hdiv, vdiv, disp, thick = (off_when_empty(t) for t in (hdiv, vdiv, disp, thick))
+    return dict(
+        phi=phi, hdiv=hdiv, vdiv=vdiv, disp=disp, thick=thick, mu=mu, mosaic=(spread, domains)
+    )
+
+
+def _axes(o: Options) -> dict:
+    """The convention's vectors, or the user's (unit length) with odet_vector regenerated from
+    fast × slow when it is not of unit length, as the C program does (an --expt file's normal,
+    unit to rounding, is kept)."""
+    if o.convention in CONVENTION_VECTORS:
+        keys = ("beam", "fast", "slow", "normal", "twotheta", "polar", "spindle")
+        return dict(zip(keys, CONVENTION_VECTORS[o.convention], strict=True)) | {"custom": None}
+    fast, slow = _unit(o.fdet)[0], _unit(o.sdet)[0]
+    normal = o.odet
+    if _unit(o.odet)[1] != 1.0 and o.convention != EXPT:
+        print("WARNING: auto-generating odet_vector")
+        normal = np.cross(fast, slow)
+    return dict(
+        beam=o.beam,
+        polar=o.polar_vector,
+        spindle=o.spindle,
+        twotheta=o.twotheta_axis,
+        custom=(o.fdet, o.sdet, normal),
+    )
+
+
+def _resolve(o: Options, mask_data, expt: DialsExperiment | None, cwd: Path) -> Setup:
+    if o.pixel_size <= 0.0:
+        raise InputError(f"-pixel: pixel size must be positive, got {o.pixel_size * 1e3:g} mm")
+    pix = o.pixel_size
+    if o.fpixels:
+        o.detsize_f = pix * o.fpixels
+    if o.spixels:
+        o.detsize_s = pix * o.spixels
+    fpixels = int(math.ceil(o.detsize_f / pix - 0.5))
+    spixels = int(math.ceil(o.detsize_s / pix - 0.5))
+    file_crystal = expt is not None and expt.real_space is not None
+    _check(o, fpixels, spixels, file_crystal)
+    n = _counts(o)
+    axes = _axes(o)
+    if _unit(axes["beam"])[1] == 0.0:
+        raise InputError("-beam_vector: must not be zero")
+    thick, thickstep, thicksteps = n["thick"]
+
+    fluence = o.fluence
+    if o.flux != 0.0 and o.exposure > 0.0 and o.beamsize >= 0:
+        fluence = o.flux * o.exposure / o.beamsize / o.beamsize
+    offsets = divergence_offsets(*n["hdiv"], *n["vdiv"], o.round_div)
+    if not offsets and not o.sourcefile:
+        raise InputError("no sources: the divergence settings leave no source point")
+    beam = Beam.from_wavelength(
+        o.lambda0,
+        axes["beam"],
+        polar_vector=axes["polar"],
+        polarization=o.polarization,
+        fluence=fluence,
+        divergence=offsets or [(0.0, 0.0)],
+        dispersion=n["disp"],
+    )
+    beam_dir = np.asarray(beam.direction)
+    if o.sourcefile:
+        dirs, lams = file_sources(read_sourcefile(o.sourcefile), beam_dir, o.lambda0)
+        if len(dirs) == 0:
+            raise InputError(f"-sourcefile {o.sourcefile}: no sources")
+        beam = dataclasses.replace(beam, source_dirs=dirs, wavelengths=lams)
+
+    sizes = (o.detsize_f, o.detsize_s)
+    centre = beam_centre_rule(
+        o.convention,
+        pix,
+        sizes,
+        (o.Xbeam, o.Ybeam),
+        (o.Xclose, o.Yclose),
+        (o.ORGX, o.ORGY),
+        o.pivot,
+    )
+    det = Detector.from_convention(
+        o.convention,
+        pix,
+        (fpixels, spixels),
+        o.distance,
+        (o.Xbeam, o.Ybeam),
+        close_centre=(o.Xclose, o.Yclose),
+        origin_pixel=(o.ORGX, o.ORGY),
+        close_distance=o.close_distance,
+        rotations=o.detector_rot,
+        twotheta=o.twotheta,
+        twotheta_axis=None if axes["custom"] is None else axes["twotheta"],
+        pivot=o.pivot,
+        axes=axes["custom"],
+        detector_size=sizes,
+        layer_thickness=thickstep,
+        mu=n["mu"],
     )
     geom = aot.call(
-        "detector_geometry", _detector_geometry, {"pivot_sample": pivot_sample}, det, beam_dir
+        "detector_geometry",
+        _detector_geometry,
+        {"pivot_sample": det.pivot == "sample"},
+        det,
+        beam_dir,
     )
 
-    # structure factors
-    interpolate = o.interpolate
-    if interpolate > 1:
-        interpolate = 1 if (o.Na <= 2 or o.Nb <= 2 or o.Nc <= 2) else 0
-    grid = None
-    if o.hklfile:
-        grid = read_hkl(o.hklfile, default_F=o.default_F)
-        write_fdump(FDUMP, grid)
-    elif Path(FDUMP).exists():
-        grid = read_fdump(FDUMP)
-    elif o.default_F == 0.0:
-        raise InputError("no structure factors: give -hkl FILE or -default_F F")
+    grid, interpolate = _structure_factors(o, cwd)
     hkl_count = grid.count if grid is not None else 0
-    if hkl_count == 0:
-        interpolate = 0
-
-    # crystal
-    nan3 = np.full((3, 3), np.nan)
-    recip0 = nan3
-    if o.matfile:
-        a_s, b_s, c_s = read_mosflm_matrix(o.matfile)
-        recip0 = np.stack([a_s, b_s, c_s]) * (1e-10 / o.lambda0)
-    cell = np.array(o.cell, dtype=float)
-    if o.user_cell:
-        if cell[0] <= 0.0:
-            raise InputError(f"-cell: cell length must be positive, got {cell[0]:g}")
-        cell[1] = cell[0] if cell[1] <= 0.0 else cell[1]
-        cell[2] = cell[0] if cell[2] <= 0.0 else cell[2]
-        cell[3:] = np.where(cell[3:] <= 0.0, math.pi / 2, cell[3:])
-    misset = np.zeros(3)
-    if o.misset == "random":
-        seed = o.misset_seed if o.misset_seed is not None else (o.seed or -1)
-        misset = xtal.random_misset(seed)
-    elif o.misset is not None:
-        misset = np.asarray(o.misset, dtype=float)
-    axes, scale = xtal.mosaic_domain_draws(domains, o.mosaic_seed)
-    cryst = Crystal(
-        cell=np.asarray(cell),
-        recip0=np.asarray(recip0),
-        misset=np.asarray(misset),
-        rotation=np.zeros(3),
-        ncells=np.asarray([o.Na, o.Nb, o.Nc]),
-        mosaic_spread=np.asarray(spread),
-        mosaic_axes=np.asarray(axes),
-        mosaic_scale=np.asarray(scale),
-        spindle=np.asarray(spindle),
-        phi0=np.asarray(o.phi0),
-        phistep=np.asarray(phistep),
-        fudge=np.asarray(o.fudge),
-    )
-    real0, _ = aot.call("cell_vectors", _cell_vectors, {"from_cell": o.user_cell}, cryst)
+    cryst = _crystal(o, n, axes, expt)
+    from_cell = {"from_cell": cryst.defined_by == "cell"}
+    real0, _ = aot.call("cell_vectors", _cell_vectors, from_cell, cryst)
     real0 = np.asarray(real0)
+    sample = list(o.sample_size)
+    if o.beamsize >= 0:
+        sample[1] = min(sample[1], o.beamsize)
+        sample[2] = min(sample[2], o.beamsize)
     ncells = xtal.cells_from_size(real0, np.asarray(sample), np.array([o.Na, o.Nb, o.Nc]))
     cryst = dataclasses.replace(cryst, ncells=np.asarray(ncells))
     xtalsize_max = float(np.max(np.linalg.norm(real0, axis=1) * ncells))
     reciprocal_pixel = o.lambda0 * float(geom.distance) / pix
     recommended = max(int(math.ceil(3.0 * xtalsize_max / reciprocal_pixel)), 1)
-    oversample = recommended if o.oversample <= 0 else o.oversample
 
-    # sources
-    if o.sourcefile:
-        dirs, lams = file_sources(read_sourcefile(o.sourcefile), beam_dir, o.lambda0)
-    else:
-        offsets = divergence_offsets(hrange, hstep, hsteps, vrange, vstep, vsteps, o.round_div)
-        dirs, lams = generated_sources(beam_dir, polar_vec, o.lambda0, offsets, disp, dstep, dsteps)
-    if len(dirs) == 0:
-        raise InputError("no sources: the divergence settings leave no source point")
-    beam = Beam(
-        direction=np.asarray(beam_dir),
-        source_dirs=np.asarray(dirs),
-        wavelengths=np.asarray(lams),
-        polar_vector=np.asarray(polar_vec),
-        polarization=np.asarray(o.polarization),
-        fluence=np.asarray(fluence),
-    )
-
-    roi = list(o.roi)
     roi = [
-        roi[0] if roi[0] >= 0 else 0,
-        roi[1] if roi[1] >= 0 else fpixels,
-        roi[2] if roi[2] >= 0 else 0,
-        roi[3] if roi[3] >= 0 else spixels,
+        o.roi[0] if o.roi[0] >= 0 else 0,
+        o.roi[1] if o.roi[1] >= 0 else fpixels,
+        o.roi[2] if o.roi[2] >= 0 else 0,
+        o.roi[3] if o.roi[3] >= 0 else spixels,
     ]
     if roi[0] > min(roi[1], fpixels - 1) or roi[2] > min(roi[3], spixels - 1):
         raise InputError(
             f"-roi: {roi[0]} {roi[1]} {roi[2]} {roi[3]} selects no pixel of the "
             f"{fpixels}x{spixels} detector"
         )
-    mask = np.ones((spixels, fpixels), dtype=np.uint8)
-    if mask_data is not None:
-        if mask_data.shape != mask.shape:
-            raise InputError(
-                f"-mask {o.maskfile}: {mask_data.shape[1]}x{mask_data.shape[0]} pixels, "
-                f"but the detector has {fpixels}x{spixels}"
-            )
-        mask = (mask_data != 0).astype(np.uint8)
-    if grid is not None:
-        fhkl = np.asarray(grid.F)
-        lo = (grid.h_min, grid.k_min, grid.l_min)
-        hi = (grid.h_max, grid.k_max, grid.l_max)
-    else:
-        fhkl, lo, hi = np.zeros((1, 1, 1)), None, None
-    if hkl_count == 0:
-        lo = hi = None
     exp = _on_device(
-        Experiment(
-            beam=beam,
-            crystal=cryst,
-            detector=det,
-            fhkl=fhkl,
-            default_F=np.asarray(o.default_F),
-            mask=np.asarray(mask),
-        )
+        assemble(beam, cryst, det, default_F=o.default_F, table=grid, mask=_mask(o, mask_data, det))
     )
-    cfg = SimConfig(
-        spixels=spixels,
-        fpixels=fpixels,
+    cfg = config_for(
+        exp,
+        grid,
         roi=tuple(roi),
-        oversample=oversample,
+        oversample=recommended if o.oversample <= 0 else o.oversample,
         thicksteps=thicksteps,
         absorption=thick > 0.0,
-        phisteps=phisteps,
+        phisteps=n["phi"][2],
         shape=o.shape,
-        from_cell=o.user_cell,
-        table_lo=lo,
-        table_hi=hi,
-        interpolate=bool(interpolate),
-        pivot_sample=pivot_sample,
+        interpolate=bool(interpolate) and hkl_count > 0,
         curved=o.curved,
         point_pixel=o.point_pixel,
         nopolar=o.nopolar,
@@ -453,9 +483,72 @@ def _resolve(o: Options, mask_data) -> Setup:
         carryover=o.carryover,
         dtype=o.dtype,
     )
-    steps = len(dirs) * domains * phisteps * oversample * oversample
-    header = _header_values(o, geom, beam_dir, pix, xbeam, ybeam, osc, fpixels, spixels)
-    return Setup(exp, cfg, o, header, steps, hkl_count)
+    n_src = beam.source_dirs.shape[0]
+    steps = n_src * n["mosaic"][1] * cfg.phisteps * cfg.oversample * cfg.oversample
+    header = _header_values(o, geom, beam_dir, centre, n["phi"][0], fpixels, spixels, expt)
+    return Setup(exp, cfg, o, header, steps, hkl_count, grid if o.hklfile else None, expt)
+
+
+def _structure_factors(o: Options, cwd: Path):
+    """The -hkl table (or the Fdump.bin cache in ``cwd``) and the tricubic switch."""
+    interpolate = o.interpolate
+    if interpolate > 1:
+        interpolate = 1 if (o.Na <= 2 or o.Nb <= 2 or o.Nc <= 2) else 0
+    grid = None
+    if o.hklfile:
+        grid = read_hkl(o.hklfile, default_F=o.default_F)
+    elif (cwd / FDUMP).exists():
+        grid = read_fdump(cwd / FDUMP)
+    elif o.default_F == 0.0:
+        raise InputError("no structure factors: give -hkl FILE or -default_F F")
+    return grid, interpolate
+
+
+def _crystal(o: Options, n: dict, axes: dict, expt: DialsExperiment | None) -> Crystal:
+    """The crystal of -cell, -mat or the --expt file, with the flags' orientation and size."""
+    misset = np.zeros(3)
+    if o.misset == "random":
+        seed = o.misset_seed if o.misset_seed is not None else (o.seed or -1)
+        misset = xtal.random_misset(seed)
+    elif o.misset is not None:
+        misset = np.asarray(o.misset, dtype=float)
+    spread, domains = n["mosaic"]
+    common = dict(
+        misset=misset,
+        ncells=(o.Na, o.Nb, o.Nc),
+        mosaic_spread=spread,
+        mosaic_domains=domains,
+        mosaic_seed=o.mosaic_seed,
+        rotation_axis=axes["spindle"],
+        phi0=o.phi0,
+        phistep=n["phi"][1],
+        fudge=o.fudge,
+    )
+    if o.user_cell:
+        cell = np.array(o.cell, dtype=float)
+        if cell[0] <= 0.0:
+            raise InputError(f"-cell: cell length must be positive, got {cell[0]:g}")
+        cell[1] = cell[0] if cell[1] <= 0.0 else cell[1]
+        cell[2] = cell[0] if cell[2] <= 0.0 else cell[2]
+        cell[3:] = np.where(cell[3:] <= 0.0, math.pi / 2, cell[3:])
+        return Crystal.from_cell(cell, **common)
+    if o.matfile:
+        a_s, b_s, c_s = read_mosflm_matrix(o.matfile)
+        return Crystal.from_a_matrix(
+            np.stack([a_s, b_s, c_s], axis=1) * (1e-10 / o.lambda0), **common
+        )
+    return Crystal.from_real_space_vectors(*expt.real_space, **common)
+
+
+def _mask(o: Options, mask_data, det: Detector) -> np.ndarray | None:
+    """The -mask image, checked against the detector's size."""
+    fpixels, spixels = det.image_size
+    if mask_data is not None and mask_data.shape != (spixels, fpixels):
+        raise InputError(
+            f"-mask {o.maskfile}: {mask_data.shape[1]}x{mask_data.shape[0]} pixels, "
+            f"but the detector has {fpixels}x{spixels}"
+        )
+    return mask_data
 
 
 def _on_device(tree):
@@ -472,26 +565,29 @@ def _on_device(tree):
     return jax.tree.map(put, tree)
 
 
-def _header_values(o, geom, beam_dir, pix, xbeam, ybeam, osc, fpixels, spixels):
+def _header_values(o, geom, beam_dir, centre, osc, fpixels, spixels, expt):
     """The geometry the C program reports in its SMV headers, after its detector set-up."""
+    pix = o.pixel_size
     pix0 = np.asarray(geom.pix0)
     fast, slow = np.asarray(geom.fast), np.asarray(geom.slow)
     distance = float(geom.distance)
     spot = distance * beam_dir - pix0  # from the first pixel to the direct-beam spot
     fclose = -float(np.dot(pix0, fast))
     sclose = -float(np.dot(pix0, slow))
+    # the C program turns its MOSFLM frame into DIALS'; an --expt geometry is in DIALS' already
+    dials = 1000 * pix0 if expt is not None else (1000 * pix0[2], 1000 * pix0[1], -1000 * pix0[0])
     return dict(
         fpixels=fpixels,
         spixels=spixels,
         pixel_size=pix,
         distance=distance,
         wavelength=o.lambda0,
-        Xbeam=xbeam,
-        Ybeam=ybeam,
+        Xbeam=centre.xbeam,
+        Ybeam=centre.ybeam,
         Fbeam=float(np.dot(fast, spot)),
         Sbeam=float(np.dot(slow, spot)),
         detsize_s=pix * spixels,
-        dials_origin=(1000 * pix0[2], 1000 * pix0[1], -1000 * pix0[0]),
+        dials_origin=tuple(float(x) for x in dials),
         orgx=fclose / pix + 0.5,
         orgy=sclose / pix + 0.5,
         close_distance=float(geom.close_distance),

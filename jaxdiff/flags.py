@@ -119,6 +119,7 @@ class Options:
     dtype: str = "float64"
     hdf5: str | None = None
     frames: int = 1
+    expt: str | None = None
     given: set = dataclasses.field(default_factory=set)
 
 
@@ -503,6 +504,7 @@ LONG_OPTIONS = {
     "--phi-carryover-mode": ("carryover", ("spec", "c-parity")),
     "--dtype": ("dtype", ("float64", "float32")),
     "--hdf5": ("hdf5", None),
+    "--expt": ("expt", None),
     "--frames": ("frames", _frame_count),
 }
 

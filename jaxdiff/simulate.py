@@ -44,7 +44,8 @@ class Experiment:
         fhkl: structure-factor table indexed [h - h_min, k - k_min, l - l_min] (padded by one
             in each axis, as nanoBragg's), or a (1, 1, 1) placeholder without a table.
         default_F: structure factor of reflections not in the table.
-        mask: (slow, fast) pixels to render (nonzero) or skip (zero).
+        mask: (slow, fast) 1.0 where a pixel is rendered, 0.0 where it is skipped (floating, so
+            that a gradient with respect to the whole experiment exists).
     """
 
     beam: Beam
@@ -53,6 +54,35 @@ class Experiment:
     fhkl: Array
     default_F: Array
     mask: Array
+
+
+def check_config(exp: Experiment, cfg: SimConfig) -> None:
+    """Raise ValueError where ``cfg`` disagrees with what the models fix: the detector's size
+    and pivot, the mask's shape and how the crystal is defined (checked while tracing)."""
+    fpixels, spixels = exp.detector.image_size
+    problems = []
+    if (cfg.spixels, cfg.fpixels) != (spixels, fpixels):
+        problems.append(
+            f"config is {cfg.fpixels}x{cfg.spixels} pixels, the detector {fpixels}x{spixels}"
+        )
+    if tuple(exp.mask.shape) != (spixels, fpixels):
+        problems.append(
+            f"mask is {exp.mask.shape[1]}x{exp.mask.shape[0]}, the detector {fpixels}x{spixels}"
+        )
+    if cfg.pivot_sample != (exp.detector.pivot == "sample"):
+        problems.append(
+            f"config pivot_sample={cfg.pivot_sample}, detector pivot {exp.detector.pivot!r}"
+        )
+    if cfg.from_cell != (exp.crystal.defined_by == "cell"):
+        problems.append(
+            f"config from_cell={cfg.from_cell}, crystal defined by {exp.crystal.defined_by!r}"
+        )
+    if problems:
+        raise ValueError(
+            "experiment and SimConfig disagree: "
+            + "; ".join(problems)
+            + " (jaxdiff.config_for derives a matching SimConfig)"
+        )
 
 
 class RunInputs(NamedTuple):
@@ -223,8 +253,9 @@ def simulate(exp: Experiment, cfg: SimConfig) -> Array:
 
     The run's dtype (``cfg.dtype``) is used for the per-evaluation work; detector geometry and
     scattering vectors are formed in the widest precision of the experiment's leaves
-    (:func:`run_inputs`).
+    (:func:`run_inputs`). ``cfg`` must match the models (:func:`check_config`).
     """
+    check_config(exp, cfg)
     dtype = jnp.dtype(cfg.dtype)
     sh, exp = run_inputs(exp, cfg)
     spix, fpix, rendered = roi_pixels(exp, cfg)

@@ -73,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=100, help="most steps of the final stage")
     p.add_argument("--matrix", default="refined.mat", help="fitted A matrix (MOSFLM format)")
     p.add_argument("--report", default="refine.json", help="JSON report")
+    p.add_argument("--expt", help="DIALS experiment list the model starts from (flags add to it)")
+    p.add_argument(
+        "--expt-out", help="DIALS experiment list to write with the fitted model (dxtbx loads it)"
+    )
     p.add_argument("--picture", help="PNG picture: loss curve and spots, observed vs model")
     p.add_argument("--quiet", action="store_true", help="no line per step")
     return p
@@ -248,11 +252,12 @@ def run(argv: list[str]) -> int:
         (args.matrix, "--matrix"),
         (args.report, "--report"),
         (args.picture, "--picture"),
+        (args.expt_out, "--expt-out"),
     ):
         _check_output(path, flag)
-    if not flags:
+    if not flags and not args.expt:
         raise InputError("no model: give the nanoBragg flags that describe it")
-    setup = build(flags)
+    setup = build((["--expt", args.expt] if args.expt else []) + flags)
     cfg = setup.config
     observed, usable, kind, adc = read_observed(
         args.observed, (cfg.spixels, cfg.fpixels), args, setup.options.adc_offset
@@ -334,6 +339,11 @@ def run(argv: list[str]) -> int:
     with atomic_output(args.report) as tmp:
         tmp.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {args.matrix} and {args.report}")
+    if args.expt_out:
+        from jaxdiff.io.dials import write_experiments
+
+        write_experiments(args.expt_out, fitted, cfg.phisteps, template=setup.expt)
+        print(f"wrote {args.expt_out}")
     if picture is not None:
         from jaxdiff.refine.picture import write_png
 
