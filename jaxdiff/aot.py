@@ -60,7 +60,7 @@ def _environment() -> str:
     for path in sorted(package.rglob("*.py")):
         digest.update(path.relative_to(package).as_posix().encode())
         digest.update(path.read_bytes())
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]
     parts = (
         jax.__version__,
         jaxlib.__version__,
@@ -144,7 +144,7 @@ def _load(path: Path):
             payload = pickle.load(fh)
         # the programs kept here run on one device (the default one), however many there are
         return serialize_executable.deserialize_and_load(
-            *payload, execution_devices=jax.devices()[:1]
+            *payload, execution_devices=jax.local_devices()[:1]
         )
     except FileNotFoundError:
         return None

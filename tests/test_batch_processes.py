@@ -27,7 +27,8 @@ def _free_port() -> int:
 
 
 def _batch(args: list[str], cwd) -> subprocess.Popen:
-    env = dict(os.environ, JAXDIFF_CACHE_DIR="off")
+    # one program cache for all processes: a process other than 0 loads kept programs too
+    env = dict(os.environ, JAXDIFF_CACHE_DIR=str(cwd / "cache"))
     env.pop("XLA_FLAGS", None)
     return subprocess.Popen(
         [sys.executable, "-m", "jaxdiff.batch", *args],
