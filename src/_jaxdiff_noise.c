@@ -20,6 +20,7 @@
 #endif
 
 #define NTAB 32
+#define LGAMMA_TABLE (1 << 20)
 
 static const int64_t IA = 16807;
 static const int64_t IM = 2147483647;
@@ -43,6 +44,7 @@ typedef struct {
     int have_spare;
     float spare;
     float oldm, sq, alxm, g;
+    float *lgamma_of; /* gammln(k + 1) for k < LGAMMA_TABLE once computed, 0 before; or NULL */
 } state;
 
 static void state_init(state *s, int64_t seed)
@@ -55,6 +57,7 @@ static void state_init(state *s, int64_t seed)
     s->spare = 0.0f;
     s->oldm = -1.0f;
     s->sq = s->alxm = s->g = 0.0f;
+    s->lgamma_of = NULL;
 }
 
 /* One Park-Miller step, idum <- 16807 idum mod (2^31 - 1), by Schrage's method. */
@@ -101,6 +104,24 @@ static float gammln(float xx)
         ser += GAMMLN_COF[j] / y;
     }
     return (float)(-tmp + log(2.5066282746310005 * ser / x));
+}
+
+/* gammln(em + 1) for an integral em >= 0, remembered: the rejection loop asks for the same few
+ * thousand values millions of times. A value of 0 (not yet computed) is simply recomputed. */
+static float gammln_of_count(state *s, float em)
+{
+    float value;
+    int64_t k;
+    if (s->lgamma_of == NULL || !(em >= 0.0f && em < (float)LGAMMA_TABLE)) {
+        return gammln((float)((double)em + 1.0));
+    }
+    k = (int64_t)em;
+    value = s->lgamma_of[k];
+    if (value == 0.0f) {
+        value = gammln((float)((double)em + 1.0));
+        s->lgamma_of[k] = value;
+    }
+    return value;
 }
 
 static float gaussdev(state *s)
@@ -153,7 +174,7 @@ static float poidev(state *s, float xm)
         } while (em < 0.0f);
         em = (float)floor((double)em);
         t = (float)(0.9 * (1.0 + (double)(y * y)) *
-                    exp((double)(em * s->alxm - gammln((float)((double)em + 1.0)) - s->g)));
+                    exp((double)(em * s->alxm - gammln_of_count(s, em) - s->g)));
     } while (ran1(s) > t);
     return em;
 }
@@ -213,6 +234,7 @@ static PyObject *noise(PyObject *self, PyObject *args)
     xm = (const float *)values.buf;
     out = (uint16_t *)counts.buf;
     state_init(&s, (int64_t)seed);
+    s.lgamma_of = (float *)PyMem_RawCalloc(LGAMMA_TABLE, sizeof(float));
 
     Py_BEGIN_ALLOW_THREADS
     for (i = 0; i < n; i++) {
@@ -232,6 +254,7 @@ static PyObject *noise(PyObject *self, PyObject *args)
     }
     Py_END_ALLOW_THREADS
 
+    PyMem_RawFree(s.lgamma_of);
     PyBuffer_Release(&values);
     PyBuffer_Release(&counts);
     if (inside.obj != NULL) PyBuffer_Release(&inside);

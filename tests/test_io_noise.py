@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +165,12 @@ def test_bad_shapes_are_refused() -> None:
         noise_image(np.ones(4), -1)
     with pytest.raises(ValueError, match="roi_mask shape"):
         noise_image(np.ones((2, 2)), -1, roi_mask=np.ones((2, 3), bool))
+
+
+def test_missing_compiled_module_says_how_to_build_it(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "_jaxdiff_noise", None)
+    with pytest.raises(ImportError, match="pip install"):
+        noise_image(np.ones((2, 2)), -1)
 
 
 def test_gammln_matches_lgamma_to_float_precision() -> None:
