@@ -86,13 +86,16 @@ def test_roi_renders_only_its_pixels_and_matches_the_full_frame(workdir):
     assert abs(a[5, 10] - b[5, 10]) > 1e-6 * abs(a[5, 10])
 
 
-def test_mask_skips_pixels(workdir):
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.uint8])
+def test_mask_skips_pixels(workdir, dtype):
+    """A mask of 1.0/0.0 in the experiment's precision (or any other dtype) skips its zeros."""
     s = _setup(workdir=workdir)
-    mask = np.ones((48, 48), dtype=np.uint8)
+    mask = np.ones((48, 48), dtype=dtype)
     mask[10:20, 3:7] = 0
     exp = dataclasses.replace(s.experiment, mask=jnp.asarray(mask))
     a = np.asarray(simulate(s.experiment, s.config))
     b = np.asarray(simulate(exp, s.config))
+    assert b.dtype == np.float64
     assert np.all(b[mask == 0] == 0.0)
     np.testing.assert_array_equal(a[mask != 0], b[mask != 0])
 
