@@ -69,12 +69,16 @@ def _offset(h: Array) -> tuple[Array, Array, Array, Array]:
     return h0, d, small, jnp.where(small, 0.25, d)
 
 
-def _grating_parts(h: Array, n: Array) -> tuple[Array, Array, Array]:
+def _grating_parts(h: Array, n: Array, sines=None) -> tuple[Array, Array, Array]:
     """Numerator and denominator of |sin(Nπd)/sin(πd)| for d = h - round(h), and the
-    reduced-form value to use where d is tiny (a Bragg peak): N(1 - (N²-1)π²d²/6)."""
+    reduced-form value to use where d is tiny (a Bragg peak): N(1 - (N²-1)π²d²/6).
+    ``sines``: (sin πNd, sin πd) of :func:`_grating_sincos`, when already computed."""
     _, d, small, safe = _offset(h)
-    num, _ = sinpi_reduced(n * safe)
-    den, _ = sinpi_reduced(safe)
+    if sines is None:
+        num, _ = sinpi_reduced(n * safe)
+        den, _ = sinpi_reduced(safe)
+    else:
+        num, den = sines
     peak = n * (1.0 - (n * n - 1.0) * d * d * (math.pi * math.pi / 6.0))
     return jnp.where(small, peak, num), jnp.where(small, 1.0, den), small
 
@@ -111,18 +115,28 @@ def _sincospi_reduced(x: Array) -> tuple[Array, Array]:
     return sin * r, cos
 
 
-def _grating_log_slopes(h: Array, n: Array) -> tuple[Array, Array]:
+def _grating_sincos(h: Array, n: Array) -> tuple[Array, Array, Array, Array]:
+    """sin and cos of πNd and of πd for d = h - round(h) (reduced: signs left out, the Bragg-peak
+    branch replaced by d = 1/4), as :func:`_grating_parts` and :func:`_grating_log_slopes` use
+    them; the sines are bit for bit those of :func:`sinpi_reduced`."""
+    _, _, _, safe = _offset(h)
+    s1, c1 = _sincospi_reduced(n * safe)
+    s0, c0 = _sincospi_reduced(safe)
+    return s1, c1, s0, c0
+
+
+def _grating_log_slopes(h: Array, n: Array, sincos=None) -> tuple[Array, Array]:
     """For one axis, the logarithmic derivatives of the squared grating ratio
     q = (sin Nπd / sin πd)²: (dq/dh)/q and (dq/dN)/q, in closed form.
 
     With s₁, c₁ = sin, cos(πNd) and s₀, c₀ = sin, cos(πd) they are 2π(N c₁/s₁ - c₀/s₀) and
     2π d c₁/s₁ (the signs the range reduction leaves out cancel in each ratio). Where s₁ = 0
     the lattice factor and its slope vanish together and both are set to zero; near a Bragg
-    peak the Taylor form of q is differentiated instead.
+    peak the Taylor form of q is differentiated instead. ``sincos``: the axis'
+    :func:`_grating_sincos`, when already computed.
     """
     _, d, small, safe = _offset(h)
-    s1, c1 = _sincospi_reduced(n * safe)
-    s0, c0 = _sincospi_reduced(safe)
+    s1, c1, s0, c0 = _grating_sincos(h, n) if sincos is None else sincos
     zero = s1 == 0.0
     inv = (2.0 * math.pi) / (jnp.where(zero, 1.0, s1) * s0)  # one division for both ratios
     dh = jnp.where(zero, 0.0, (n * c1 * s0 - c0 * s1) * inv)
@@ -135,18 +149,12 @@ def _grating_log_slopes(h: Array, n: Array) -> tuple[Array, Array]:
     return jnp.where(one, 0.0, dh), jnp.where(one, 0.0, dn)
 
 
-@jax.custom_jvp
-def square_lattice_sq(h: Array, k: Array, l: Array, ncells: Array) -> Array:
-    """F_latt² of the parallelepiped crystal: the product of the three sincg², with one
-    division (the sign of each factor is irrelevant once squared).
-
-    Its derivative is written out as F_latt² times the sum of per-axis logarithmic slopes
-    (:func:`_grating_log_slopes`): each axis' slope needs only that axis, so the reverse pass
-    of the image kernel evaluates every grating once instead of once per axis.
-    """
+def _lattice_sq_from_parts(hkl, ncells, sines=None) -> Array:
+    """F_latt² from the three axes' gratings; ``sines``: their (sin πNd, sin πd), when
+    already computed."""
     num = den = None
-    for x, n in ((h, ncells[0]), (k, ncells[1]), (l, ncells[2])):
-        a, b, _ = _grating_parts(x, n)
+    for j, (x, n) in enumerate(zip(hkl, (ncells[0], ncells[1], ncells[2]), strict=True)):
+        a, b, _ = _grating_parts(x, n, None if sines is None else sines[j])
         one = n <= 1.0  # nanoBragg skips an axis with N ≤ 1
         a = jnp.where(one, 1.0, a)
         b = jnp.where(one, 1.0, b)
@@ -156,16 +164,46 @@ def square_lattice_sq(h: Array, k: Array, l: Array, ncells: Array) -> Array:
     return ratio * ratio
 
 
+def _kept(x: Array, unit: Array) -> Array:
+    """``x`` divided by ``unit``, a traced 1: the same values, but XLA on CPU no longer copies
+    the (cheap, elementwise) computation of ``x`` into every fused consumer of it, which it
+    would otherwise do (a division at the root counts as expensive), and keeps ``x`` as an
+    array that each consumer reads."""
+    return x / unit
+
+
+@jax.custom_jvp
+def square_lattice_sq(h: Array, k: Array, l: Array, ncells: Array) -> Array:
+    """F_latt² of the parallelepiped crystal: the product of the three sincg², with one
+    division (the sign of each factor is irrelevant once squared).
+
+    Its derivative is written out as F_latt² times the sum of per-axis logarithmic slopes
+    (:func:`_grating_log_slopes`): each axis' slope needs only that axis, so the reverse pass
+    of the image kernel evaluates every grating once instead of once per axis. The rule
+    computes each sine and cosine once, as arrays of their own (:func:`_kept`), so that the
+    compiler does not repeat the polynomials in every quantity derived from them.
+    """
+    return _lattice_sq_from_parts((h, k, l), ncells)
+
+
 @functools.partial(square_lattice_sq.defjvp, symbolic_zeros=True)
 def _square_lattice_sq_jvp(primals, tangents):
     h, k, l, ncells = primals
-    value = square_lattice_sq(h, k, l, ncells)
+    hkl = (h, k, l)
     dn = tangents[3]
+    # each sine and cosine is computed once and kept (the value and all slopes read them)
+    unit = jnp.abs(ncells[0]) + 1.0
+    unit = unit / unit
+    sincos = [[_kept(a, unit) for a in _grating_sincos(x, ncells[j])] for j, x in enumerate(hkl)]
+    sines = [(s1, s0) for s1, _, s0, _ in sincos]
+    cosines = [(c1, c0) for _, c1, _, c0 in sincos]
+    value = _lattice_sq_from_parts(hkl, ncells, sines)
     rate = None
-    for j, x in enumerate((h, k, l)):
+    for j, x in enumerate(hkl):
         if isinstance(tangents[j], SymbolicZero) and isinstance(dn, SymbolicZero):
             continue
-        slope_h, slope_n = _grating_log_slopes(x, ncells[j])
+        (s1, s0), (c1, c0) = sines[j], cosines[j]
+        slope_h, slope_n = _grating_log_slopes(x, ncells[j], (s1, c1, s0, c0))
         parts = []
         if not isinstance(tangents[j], SymbolicZero):
             parts.append(slope_h * tangents[j])
