@@ -21,6 +21,12 @@ fast and slow axes and the first pixel's corner ``pix0``
 (:func:`jaxdiff.detector.detector_geometry`) exactly, for either pivot. The sample depends on
 one rotation, ``phi``, about the spindle axis, one value per image (the start of its
 oscillation) with ``phi_end`` and ``phi_increment_set`` when the images form a rotation scan.
+
+Besides the chain: ``incident_wavelength`` is the mean of the sources' wavelengths (one per
+image if they differ), ``flux_integrated`` the fluence, ``beam_center_x/_y`` where the direct
+beam meets the detector plane in pixels along fast and slow from the first pixel's corner, and
+``pixel_mask`` flags jaxdiff's unrendered pixels (mask 0) with NXmx's user-mask bit. The
+detector is flat: ``-curved_det`` has no NXmx form.
 """
 
 from __future__ import annotations
@@ -178,9 +184,9 @@ def write_nxmx(
     ``experiments``: one per image (a repeated object for a shared model); the detector, beam
     axis and spindle are the first one's, wavelengths and φ are per image. ``oscillation``:
     ``(phi_start, width)`` [rad] of the first image of a rotation scan, or None for stills
-    (each image at its crystal's φ0). ``images``: ``(name, dtype, long_name)`` of the image
-    datasets to create in /entry/data, the first being the signal. Returns them by name,
-    empty, shaped (n, slow, fast), for the caller to fill.
+    (each image at its crystal's φ0; a zero width is a still too). ``images``: ``(name,
+    dtype, long_name)`` of the image datasets to create in /entry/data, the first being the
+    signal. Returns them by name, empty, shaped (n, slow, fast), for the caller to fill.
     """
     n = len(experiments)
     first = experiments[0]
@@ -217,7 +223,7 @@ def write_nxmx(
     _string(sample, "name", "crystal")
     axes = _group(sample, "transformations", "NXtransformations")
     spindle = to_mcstas @ np.asarray(first.crystal.spindle, dtype=np.float64)
-    if oscillation is None:
+    if oscillation is None or float(oscillation[1]) == 0.0:
         phi = np.degrees([float(np.asarray(e.crystal.phi0)) for e in experiments])
         _per_image(_axis(axes, "phi", phi, "deg", "rotation", spindle, "."))
     else:
