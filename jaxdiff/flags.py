@@ -328,7 +328,10 @@ def _trace(o, flag, vals):
 
 def _seed(attr):
     def apply(o, flag, vals):
-        setattr(o, attr, -_integer(flag, vals[0]))
+        seed = _integer(flag, vals[0])
+        if not -(2**31) < seed < 2**31:
+            raise InputError(f"{flag}: seed must fit a 32-bit integer, got {vals[0]}")
+        setattr(o, attr, -seed)
 
     return apply
 

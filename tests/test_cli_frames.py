@@ -124,6 +124,8 @@ def test_help_prints_the_usage(capsys):
         (["-oversample", "100000"], "-oversample 100000: one pixel needs"),
         (["-detpixels", "inf"], "-detpixels: expected a whole number"),
         (["--frames", "0"], "--frames: the number of frames must be at least 1"),
+        (["-seed", "99999999999"], "-seed: seed must fit a 32-bit integer"),
+        (["-mosaic_seed", "-3000000000"], "-mosaic_seed: seed must fit a 32-bit integer"),
     ],
 )
 def test_impossible_problems_are_refused(extra, needle, workdir, capsys):
