@@ -341,3 +341,33 @@ def test_stack_writer_writes_the_write_hdf5_layout(tmp_path):
     np.testing.assert_array_equal(back, images)
     for k in range(3):
         np.testing.assert_array_equal(np.asarray(experiments[k].crystal.rotation), turns[k])
+
+
+def test_command_line_rotation_series_is_one_sweep(tmp_path, monkeypatch):
+    from jaxdiff.cli import main
+    from jaxdiff.io.smv import read_smv
+
+    monkeypatch.chdir(tmp_path)
+    flags = CASES["xds-twotheta"][0] + "-phi 5 -osc 0.25 -phisteps 2 -seed 3".split()
+    names = "-floatfile f_###.bin -intfile i_###.img -noisefile n_###.img".split()
+    assert main(flags + names + ["--frames", "3", "--hdf5", "sweep.h5"]) == 0
+    (dx,) = load_with_dxtbx([tmp_path / "sweep.h5"])[str(tmp_path / "sweep.h5")]
+    assert dx["imageset"] == "ImageSequence" and dx["images"] == 3
+    assert dx["oscillation"] == pytest.approx([5.0, 0.25], abs=1e-9)
+    with h5py.File(tmp_path / "sweep.h5", "r") as f:
+        for k in range(3):
+            floats = np.fromfile(tmp_path / f"f_{k + 1:03d}.bin", "<f4")
+            np.testing.assert_array_equal(np.array(dx["raw"][k], dtype=np.float32), floats)
+            ints = read_smv(tmp_path / f"i_{k + 1:03d}.img")[1]
+            np.testing.assert_array_equal(f["/entry/data/int_image"][k], ints)
+            noise = read_smv(tmp_path / f"n_{k + 1:03d}.img")[1]
+            np.testing.assert_array_equal(f["/entry/data/noise_image"][k], noise)
+
+
+def test_a_file_without_the_model_is_refused(tmp_path):
+    from jaxdiff.errors import InputError
+
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["/entry/data/data"] = np.zeros((1, 4, 4), dtype=np.float32)
+    with pytest.raises(InputError, match="other.h5"):
+        read_hdf5(tmp_path / "other.h5")
