@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import subprocess
 import textwrap
 
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 
 from jaxdiff import InputError
+from jaxdiff import simulate as jaxdiff_simulate
 from jaxdiff.experiment import build
 from jaxdiff.io.dials import read_experiment, read_experiments, write_experiments
 from jaxdiff.trace import trace_pixel
@@ -157,6 +159,9 @@ def test_flags_override_the_file(still):
     assert float(other.experiment.beam.wavelengths[0]) == pytest.approx(1.2e-10, rel=1e-12)
     assert np.all(np.asarray(other.experiment.crystal.ncells) == 7.0)
     assert other.experiment.detector.image_size == (64, 64)
+    farther = build(["--expt", str(path), *FLAGS, "-distance", "150"])
+    assert float(farther.header["distance"]) == pytest.approx(0.150, rel=1e-12)
+    assert float(base.header["distance"]) != pytest.approx(0.150, rel=1e-3)
     cell = build(["--expt", str(path), *FLAGS, "-cell", "50", "60", "70", "90", "90", "90"])
     assert cell.experiment.crystal.defined_by == "cell"
 
@@ -254,3 +259,38 @@ def test_bad_files_are_refused(still, tmp_path):
 
     with pytest.raises(InputError, match="no crystal"):
         build(["--expt", _edit(path, tmp_path, no_crystal), "-default_F", "1"])
+
+
+def test_refine_from_an_experiment_list_writes_the_fit_back(still, tmp_path, monkeypatch):
+    """jaxdiff-refine --expt START --expt-out FIT: the observed image is rendered from the
+    file's crystal, the start is that crystal turned by 0.21°, and dxtbx reads the fitted
+    orientation back from FIT."""
+    from jaxdiff.refine.cli import main
+
+    path, ref = still
+    model = ["-default_F", "100", "-N", "10", "-oversample", "1"]
+    truth = build(["--expt", str(path), *model])
+    observed = np.asarray(jaxdiff_simulate(truth.experiment, truth.config), dtype=np.float32)
+    observed.tofile(tmp_path / "obs.bin")
+    crystal = dataclasses.replace(
+        truth.experiment.crystal, rotation=jnp.array([0.002, -0.003, 0.001])
+    )
+    turned = dataclasses.replace(truth.experiment, crystal=crystal)
+    write_experiments(tmp_path / "start.expt", turned, 1, template=truth.expt)
+    monkeypatch.chdir(tmp_path)
+    status = main(
+        ["--observed", "obs.bin", "--expt", "start.expt", "--expt-out", "fit.expt"]
+        + ["--search-radius", "0", "--coarse", "", "--quiet", "--", *model]
+    )
+    assert status == 0
+    a_true = np.asarray(ref["A"]).reshape(3, 3)
+
+    def turn_deg(a):  # angle of the rotation taking the true A to ``a`` (same cell)
+        r = a @ np.linalg.inv(a_true)
+        return math.degrees(math.acos(min(1.0, (np.trace(r) - 1.0) / 2.0)))
+
+    start = np.asarray(dxtbx(tmp_path / "start.expt")["A"]).reshape(3, 3)
+    fitted = np.asarray(dxtbx(tmp_path / "fit.expt")["A"]).reshape(3, 3)
+    print(f"refined orientation: start {turn_deg(start):.4f} deg, fit {turn_deg(fitted):.2g} deg")
+    assert turn_deg(start) > 0.2
+    assert turn_deg(fitted) < 1e-3
