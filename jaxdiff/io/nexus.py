@@ -82,6 +82,7 @@ def _axis(group, name, values, units, kind, vector, depends_on) -> h5py.Dataset:
     ds.attrs["transformation_type"] = kind
     ds.attrs["vector"] = np.asarray(vector, dtype=np.float64)
     ds.attrs["offset"] = np.zeros(3)
+    ds.attrs["offset_units"] = "m"
     ds.attrs["depends_on"] = depends_on
     return ds
 
