@@ -142,6 +142,8 @@ def _number(flag: str, text: str) -> float:
         raise InputError(f"{flag}: expected a number, got {text!r}") from None
     if math.isnan(value):
         raise InputError(f"{flag}: expected a number, got {text!r}")
+    if math.isinf(value):
+        raise InputError(f"{flag}: expected a finite number, got {text!r}")
     return value
 
 
