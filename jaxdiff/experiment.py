@@ -49,7 +49,8 @@ _cell_vectors = jax.jit(xtal.cell_vectors, static_argnames="from_cell")
 @dataclasses.dataclass(frozen=True)
 class Setup:
     """A fully resolved run: the pytrees, the static configuration, and what the C program
-    reports or writes besides the image (header values, output names)."""
+    reports or writes besides the image (header values, output names), the -hkl table to cache
+    in Fdump.bin, and the --expt experiment it started from (to write a fit back into)."""
 
     experiment: Experiment
     config: SimConfig
@@ -357,73 +358,14 @@ def _axes(o: Options) -> dict:
 
 
 def _resolve(o: Options, mask_data, expt: DialsExperiment | None, cwd: Path) -> Setup:
-    if o.pixel_size <= 0.0:
-        raise InputError(f"-pixel: pixel size must be positive, got {o.pixel_size * 1e3:g} mm")
-    pix = o.pixel_size
-    if o.fpixels:
-        o.detsize_f = pix * o.fpixels
-    if o.spixels:
-        o.detsize_s = pix * o.spixels
-    fpixels = int(math.ceil(o.detsize_f / pix - 0.5))
-    spixels = int(math.ceil(o.detsize_s / pix - 0.5))
-    file_crystal = expt is not None and expt.real_space is not None
-    _check(o, fpixels, spixels, file_crystal)
+    """The C program's set-up: flags mapped onto the models' constructors."""
+    fpixels, spixels = _detector_pixels(o)
+    _check(o, fpixels, spixels, expt is not None and expt.real_space is not None)
     n = _counts(o)
     axes = _axes(o)
-    if _unit(axes["beam"])[1] == 0.0:
-        raise InputError("-beam_vector: must not be zero")
-    thick, thickstep, thicksteps = n["thick"]
-
-    fluence = o.fluence
-    if o.flux != 0.0 and o.exposure > 0.0 and o.beamsize >= 0:
-        fluence = o.flux * o.exposure / o.beamsize / o.beamsize
-    offsets = divergence_offsets(*n["hdiv"], *n["vdiv"], o.round_div)
-    if not offsets and not o.sourcefile:
-        raise InputError("no sources: the divergence settings leave no source point")
-    beam = Beam.from_wavelength(
-        o.lambda0,
-        axes["beam"],
-        polar_vector=axes["polar"],
-        polarization=o.polarization,
-        fluence=fluence,
-        divergence=offsets or [(0.0, 0.0)],
-        dispersion=n["disp"],
-    )
+    beam = _beam(o, n, axes)
     beam_dir = np.asarray(beam.direction)
-    if o.sourcefile:
-        dirs, lams = file_sources(read_sourcefile(o.sourcefile), beam_dir, o.lambda0)
-        if len(dirs) == 0:
-            raise InputError(f"-sourcefile {o.sourcefile}: no sources")
-        beam = dataclasses.replace(beam, source_dirs=dirs, wavelengths=lams)
-
-    sizes = (o.detsize_f, o.detsize_s)
-    centre = beam_centre_rule(
-        o.convention,
-        pix,
-        sizes,
-        (o.Xbeam, o.Ybeam),
-        (o.Xclose, o.Yclose),
-        (o.ORGX, o.ORGY),
-        o.pivot,
-    )
-    det = Detector.from_convention(
-        o.convention,
-        pix,
-        (fpixels, spixels),
-        o.distance,
-        (o.Xbeam, o.Ybeam),
-        close_centre=(o.Xclose, o.Yclose),
-        origin_pixel=(o.ORGX, o.ORGY),
-        close_distance=o.close_distance,
-        rotations=o.detector_rot,
-        twotheta=o.twotheta,
-        twotheta_axis=None if axes["custom"] is None else axes["twotheta"],
-        pivot=o.pivot,
-        axes=axes["custom"],
-        detector_size=sizes,
-        layer_thickness=thickstep,
-        mu=n["mu"],
-    )
+    det = _detector(o, n, axes, (fpixels, spixels))
     geom = aot.call(
         "detector_geometry",
         _detector_geometry,
@@ -431,44 +373,21 @@ def _resolve(o: Options, mask_data, expt: DialsExperiment | None, cwd: Path) -> 
         det,
         beam_dir,
     )
-
     grid, interpolate = _structure_factors(o, cwd)
     hkl_count = grid.count if grid is not None else 0
-    cryst = _crystal(o, n, axes, expt)
-    from_cell = {"from_cell": cryst.defined_by == "cell"}
-    real0, _ = aot.call("cell_vectors", _cell_vectors, from_cell, cryst)
-    real0 = np.asarray(real0)
-    sample = list(o.sample_size)
-    if o.beamsize >= 0:
-        sample[1] = min(sample[1], o.beamsize)
-        sample[2] = min(sample[2], o.beamsize)
-    ncells = xtal.cells_from_size(real0, np.asarray(sample), np.array([o.Na, o.Nb, o.Nc]))
-    cryst = dataclasses.replace(cryst, ncells=np.asarray(ncells))
-    xtalsize_max = float(np.max(np.linalg.norm(real0, axis=1) * ncells))
-    reciprocal_pixel = o.lambda0 * float(geom.distance) / pix
-    recommended = max(int(math.ceil(3.0 * xtalsize_max / reciprocal_pixel)), 1)
-
-    roi = [
-        o.roi[0] if o.roi[0] >= 0 else 0,
-        o.roi[1] if o.roi[1] >= 0 else fpixels,
-        o.roi[2] if o.roi[2] >= 0 else 0,
-        o.roi[3] if o.roi[3] >= 0 else spixels,
-    ]
-    if roi[0] > min(roi[1], fpixels - 1) or roi[2] > min(roi[3], spixels - 1):
-        raise InputError(
-            f"-roi: {roi[0]} {roi[1]} {roi[2]} {roi[3]} selects no pixel of the "
-            f"{fpixels}x{spixels} detector"
-        )
-    exp = _on_device(
-        assemble(beam, cryst, det, default_F=o.default_F, table=grid, mask=_mask(o, mask_data, det))
+    cryst, xtalsize = _sized_crystal(o, _crystal(o, n, axes, expt))
+    recommended = max(
+        int(math.ceil(3.0 * xtalsize / (o.lambda0 * float(geom.distance) / o.pixel_size))), 1
     )
+    mask = _mask(o, mask_data, det)
+    exp = _on_device(assemble(beam, cryst, det, default_F=o.default_F, table=grid, mask=mask))
     cfg = config_for(
         exp,
         grid,
-        roi=tuple(roi),
+        roi=_roi(o, fpixels, spixels),
         oversample=recommended if o.oversample <= 0 else o.oversample,
-        thicksteps=thicksteps,
-        absorption=thick > 0.0,
+        thicksteps=n["thick"][2],
+        absorption=n["thick"][0] > 0.0,
         phisteps=n["phi"][2],
         shape=o.shape,
         interpolate=bool(interpolate) and hkl_count > 0,
@@ -485,8 +404,116 @@ def _resolve(o: Options, mask_data, expt: DialsExperiment | None, cwd: Path) -> 
     )
     n_src = beam.source_dirs.shape[0]
     steps = n_src * n["mosaic"][1] * cfg.phisteps * cfg.oversample * cfg.oversample
+    centre = _centre(o)
     header = _header_values(o, geom, beam_dir, centre, n["phi"][0], fpixels, spixels, expt)
     return Setup(exp, cfg, o, header, steps, hkl_count, grid if o.hklfile else None, expt)
+
+
+def _detector_pixels(o: Options) -> tuple[int, int]:
+    """(fast, slow) pixel counts from -detpixels or -detsize and -pixel, as the C program."""
+    if o.pixel_size <= 0.0:
+        raise InputError(f"-pixel: pixel size must be positive, got {o.pixel_size * 1e3:g} mm")
+    if o.fpixels:
+        o.detsize_f = o.pixel_size * o.fpixels
+    if o.spixels:
+        o.detsize_s = o.pixel_size * o.spixels
+    return (
+        int(math.ceil(o.detsize_f / o.pixel_size - 0.5)),
+        int(math.ceil(o.detsize_s / o.pixel_size - 0.5)),
+    )
+
+
+def _beam(o: Options, n: dict, axes: dict) -> Beam:
+    """The beam of -lambda, the divergence and dispersion grids (or -sourcefile), -polar and
+    the fluence (-fluence, or -flux × -exposure / -beamsize²)."""
+    if _unit(axes["beam"])[1] == 0.0:
+        raise InputError("-beam_vector: must not be zero")
+    fluence = o.fluence
+    if o.flux != 0.0 and o.exposure > 0.0 and o.beamsize >= 0:
+        fluence = o.flux * o.exposure / o.beamsize / o.beamsize
+    offsets = divergence_offsets(*n["hdiv"], *n["vdiv"], o.round_div)
+    if not offsets and not o.sourcefile:
+        raise InputError("no sources: the divergence settings leave no source point")
+    beam = Beam.from_wavelength(
+        o.lambda0,
+        axes["beam"],
+        polar_vector=axes["polar"],
+        polarization=o.polarization,
+        fluence=fluence,
+        divergence=offsets or [(0.0, 0.0)],
+        dispersion=n["disp"],
+    )
+    if o.sourcefile:
+        table = read_sourcefile(o.sourcefile)
+        dirs, lams = file_sources(table, np.asarray(beam.direction), o.lambda0)
+        if len(dirs) == 0:
+            raise InputError(f"-sourcefile {o.sourcefile}: no sources")
+        beam = dataclasses.replace(beam, source_dirs=dirs, wavelengths=lams)
+    return beam
+
+
+def _centre(o: Options):
+    """The convention's beam-centre rules applied to -Xbeam/-Ybeam, -Xclose/-Yclose, -ORGX/-ORGY."""
+    return beam_centre_rule(
+        o.convention,
+        o.pixel_size,
+        (o.detsize_f, o.detsize_s),
+        (o.Xbeam, o.Ybeam),
+        (o.Xclose, o.Yclose),
+        (o.ORGX, o.ORGY),
+        o.pivot,
+    )
+
+
+def _detector(o: Options, n: dict, axes: dict, pixels: tuple[int, int]) -> Detector:
+    return Detector.from_convention(
+        o.convention,
+        o.pixel_size,
+        pixels,
+        o.distance,
+        (o.Xbeam, o.Ybeam),
+        close_centre=(o.Xclose, o.Yclose),
+        origin_pixel=(o.ORGX, o.ORGY),
+        close_distance=o.close_distance,
+        rotations=o.detector_rot,
+        twotheta=o.twotheta,
+        twotheta_axis=None if axes["custom"] is None else axes["twotheta"],
+        pivot=o.pivot,
+        axes=axes["custom"],
+        detector_size=(o.detsize_f, o.detsize_s),
+        layer_thickness=n["thick"][1],
+        mu=n["mu"],
+    )
+
+
+def _sized_crystal(o: Options, cryst: Crystal) -> tuple[Crystal, float]:
+    """The crystal with Na, Nb, Nc from -xtalsize/-samplesize (capped by -beamsize) where
+    given, and its largest extent [m]."""
+    from_cell = {"from_cell": cryst.defined_by == "cell"}
+    real0, _ = aot.call("cell_vectors", _cell_vectors, from_cell, cryst)
+    real0 = np.asarray(real0)
+    sample = list(o.sample_size)
+    if o.beamsize >= 0:
+        sample[1] = min(sample[1], o.beamsize)
+        sample[2] = min(sample[2], o.beamsize)
+    ncells = xtal.cells_from_size(real0, np.asarray(sample), np.array([o.Na, o.Nb, o.Nc]))
+    extent = float(np.max(np.linalg.norm(real0, axis=1) * ncells))
+    return dataclasses.replace(cryst, ncells=np.asarray(ncells)), extent
+
+
+def _roi(o: Options, fpixels: int, spixels: int) -> tuple[int, int, int, int]:
+    roi = (
+        o.roi[0] if o.roi[0] >= 0 else 0,
+        o.roi[1] if o.roi[1] >= 0 else fpixels,
+        o.roi[2] if o.roi[2] >= 0 else 0,
+        o.roi[3] if o.roi[3] >= 0 else spixels,
+    )
+    if roi[0] > min(roi[1], fpixels - 1) or roi[2] > min(roi[3], spixels - 1):
+        raise InputError(
+            f"-roi: {roi[0]} {roi[1]} {roi[2]} {roi[3]} selects no pixel of the "
+            f"{fpixels}x{spixels} detector"
+        )
+    return roi
 
 
 def _structure_factors(o: Options, cwd: Path):
