@@ -218,7 +218,7 @@ def _apply_experiment(o: Options, expt: DialsExperiment) -> None:
     o.fpixels, o.spixels = det.image_size
     o.detsize_f = o.pixel_size * o.fpixels
     o.detsize_s = o.pixel_size * o.spixels
-    if expt.thickness > 0.0:
+    if expt.thickness > 0.0 and expt.mu > 0.0:  # a sensor without attenuation captures nothing
         o.detector_thick = expt.thickness
         o.detector_mu = expt.mu
     if expt.rotation_axis is not None:

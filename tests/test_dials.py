@@ -166,6 +166,23 @@ def test_flags_override_the_file(still):
     assert cell.experiment.crystal.defined_by == "cell"
 
 
+def test_sensor_thickness_and_attenuation_are_read(still, tmp_path):
+    path, _ = still
+
+    def sensor(mu):
+        def change(doc):
+            doc["detector"][0]["panels"][0].update(thickness=0.32, mu=mu)
+
+        return change
+
+    thick = build(["--expt", _edit(path, tmp_path, sensor(3.9)), *FLAGS])
+    assert thick.config.absorption and thick.config.thicksteps == 2
+    np.testing.assert_allclose(thick.experiment.detector.mu, 3900.0)
+    np.testing.assert_allclose(thick.experiment.detector.layer_thickness, 0.16e-3)
+    # without an attenuation coefficient the sensor is not modelled (it would capture nothing)
+    assert not build(["--expt", _edit(path, tmp_path, sensor(0.0)), *FLAGS]).config.absorption
+
+
 def write_and_reread(tmp_path, exp, phisteps, template, phis):
     out = tmp_path / "written.expt"
     write_experiments(out, exp, phisteps, template=template)
