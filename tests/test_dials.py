@@ -3,9 +3,10 @@
 dxtbx is installed for the system Python only, so each check runs a small dxtbx script in a
 subprocess (``/usr/bin/python3``): it writes an experiment list (DIALS lab frame, beam along
 −z, a tilted off-centre panel, a random crystal orientation, optionally a goniometer with
-setting and fixed rotations and a scan) and computes the fractional Miller indices
-h = A⁻¹·(s1 − s0) at pixel centres. jaxdiff's traced ``hkl_frac`` at the same pixels must agree
-to 1e-6. The tests fail, never skip, when dxtbx is missing.
+setting and fixed rotations, a scan, and the panel within a turned detector group) and
+computes the fractional Miller indices h = A⁻¹·(s1 − s0) at pixel centres. jaxdiff's traced
+``hkl_frac`` at the same pixels must agree to 1e-6. The tests fail, never skip, when dxtbx
+is missing.
 """
 
 from __future__ import annotations
@@ -58,7 +59,11 @@ DXTBX = textwrap.dedent(
         a, b, c = (u * matrix.col(o.transpose().elems[3 * i : 3 * i + 3]) for i in range(3))
         crystal = Crystal(a, b, c, space_group_symbol="P1")
         models = dict(beam=beam, detector=detector, crystal=crystal)
-        if job["rotating"]:
+        if job["rotating"]:  # and the panel placed within a group of the hierarchy
+            group = detector.hierarchy()
+            turn = rot((0.2, 0.1, 1.0), 20.0)
+            x, y = turn * matrix.col((1, 0, 0)), turn * matrix.col((0, 1, 0))
+            group.set_frame(x, y, (2.0, -3.0, 1.5))
             gonio = GoniometerFactory.make_goniometer((1.0, 0.1, 0.05), (1, 0, 0, 0, 1, 0, 0, 0, 1))
             gonio.set_fixed_rotation(rot((0.3, 1, 0.2), 25.0))
             gonio.set_setting_rotation(rot((0, 0.2, 1), -15.0))
@@ -140,7 +145,8 @@ def test_still_hkl_matches_dxtbx(still):
 
 
 def test_rotation_hkl_matches_dxtbx(rotating):
-    """Setting and fixed rotations, a tilted φ axis and a scan starting at 7.5°."""
+    """Setting and fixed rotations, a tilted φ axis, a scan starting at 7.5°, and a panel
+    whose frame is given within a turned and shifted detector group."""
     path, ref = rotating
     setup = build(["--expt", str(path), *FLAGS])
     assert setup.config.phisteps == 2

@@ -46,6 +46,7 @@ class DialsExperiment:
         setting: (3, 3) S·F (identity without a goniometer).
         oscillation: (φ at the start of the first image, width) [rad], or None without a scan.
         document: the parsed file, kept to write a fitted model back into it.
+        index: the experiment's position in the file's list.
     """
 
     path: str
@@ -65,6 +66,7 @@ class DialsExperiment:
     setting: np.ndarray
     oscillation: tuple[float, float] | None
     document: dict
+    index: int = 0
 
     def beam(self, **kwargs) -> Beam:
         """The beam (keyword arguments as for :meth:`Beam.from_wavelength`, e.g. fluence)."""
@@ -136,6 +138,31 @@ def _model(path, doc: dict, entry: dict, name: str) -> dict | None:
     if not isinstance(ref, int) or not isinstance(models, list) or not 0 <= ref < len(models):
         raise InputError(f"{path}: experiment refers to {name} {ref!r}, which the file lacks")
     return models[ref]
+
+
+def _group_frame(path, detector: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(M, o): the lab frame of panel 0's parent group, so that a point given in the panel's
+    stored (local) frame is o + M·p. dxtbx keeps each panel and group frame relative to its
+    parent in the hierarchy; M's columns are the group's fast, slow and normal axes."""
+
+    def frame(node, m, o):
+        fast = _unit(path, _vector(path, node, "fast_axis"), "group fast_axis")
+        slow = _unit(path, _vector(path, node, "slow_axis"), "group slow_axis")
+        axes = np.stack([fast, slow, _unit(path, np.cross(fast, slow), "group normal")], axis=1)
+        return m @ axes, o + m @ _vector(path, node, "origin")
+
+    def walk(node, m, o):
+        m, o = frame(node, m, o)
+        for child in node.get("children", []):
+            if child.get("panel") == 0:
+                return m, o
+            if "panel" not in child and (found := walk(child, m, o)) is not None:
+                return found
+        return None
+
+    hierarchy = detector.get("hierarchy")
+    found = walk(hierarchy, np.eye(3), np.zeros(3)) if hierarchy else None
+    return found if found is not None else (np.eye(3), np.zeros(3))
 
 
 def _goniometer(path, gonio: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -211,6 +238,7 @@ def _experiment(path: str, doc: dict, index: int) -> DialsExperiment:
             "detectors only"
         )
     panel = panels[0]
+    group, group_origin = _group_frame(path, detector)
     wavelength = float(beam.get("wavelength", 0.0))
     if not wavelength > 0.0:
         raise InputError(f"{path}: beam wavelength must be positive, got {wavelength:g}")
@@ -248,9 +276,9 @@ def _experiment(path: str, doc: dict, index: int) -> DialsExperiment:
         beam_direction=travel,
         polar_vector=_unit(path, e_vector, "polarization plane"),
         polarization=2.0 * fraction - 1.0,
-        fast_axis=_unit(path, _vector(path, panel, "fast_axis"), "fast_axis"),
-        slow_axis=_unit(path, _vector(path, panel, "slow_axis"), "slow_axis"),
-        origin=_vector(path, panel, "origin") * 1e-3,
+        fast_axis=_unit(path, group @ _vector(path, panel, "fast_axis"), "fast_axis"),
+        slow_axis=_unit(path, group @ _vector(path, panel, "slow_axis"), "slow_axis"),
+        origin=(group_origin + group @ _vector(path, panel, "origin")) * 1e-3,
         pixel_size=float(size[0]) * 1e-3,
         image_size=image_size,
         thickness=float(panel.get("thickness", 0.0)) * 1e-3,
@@ -260,6 +288,7 @@ def _experiment(path: str, doc: dict, index: int) -> DialsExperiment:
         setting=frame,
         oscillation=oscillation,
         document=doc,
+        index=index,
     )
 
 
@@ -329,7 +358,7 @@ def experiment_document(exp, phisteps: int = 1, template: DialsExperiment | None
     real = np.asarray(real, dtype=float) * 1e10
     if template is not None:
         doc = copy.deepcopy(template.document)
-        entry = doc["experiment"][0]
+        entry = doc["experiment"][template.index]
         frame = template.setting
     else:
         doc = _fresh_document()
@@ -363,10 +392,14 @@ def experiment_document(exp, phisteps: int = 1, template: DialsExperiment | None
     model["polarization_normal"] = [float(x) for x in _safe_unit(np.cross(polar, travel))]
     model["polarization_fraction"] = (float(beam.polarization) + 1.0) / 2.0
 
-    panel = _model("experiment list", doc, entry, "detector")["panels"][0]
-    panel["fast_axis"] = [float(x) for x in np.asarray(geom.fast)]
-    panel["slow_axis"] = [float(x) for x in np.asarray(geom.slow)]
-    panel["origin"] = [float(x) * 1e3 for x in np.asarray(geom.pix0)]
+    detector = _model("experiment list", doc, entry, "detector")
+    panel = detector["panels"][0]
+    group, group_origin = _group_frame("experiment list", detector)
+    back = np.linalg.inv(group)  # lab frame to the panel's parent group's frame
+    panel["fast_axis"] = [float(x) for x in back @ np.asarray(geom.fast)]
+    panel["slow_axis"] = [float(x) for x in back @ np.asarray(geom.slow)]
+    origin = back @ (np.asarray(geom.pix0) * 1e3 - group_origin)
+    panel["origin"] = [float(x) for x in origin]
     pixel = float(det.pixel_size) * 1e3
     panel["pixel_size"] = [pixel, pixel]
     panel["image_size"] = list(det.image_size)
