@@ -28,6 +28,8 @@ from jaxdiff.io.atomic import atomic_output
 _loaded: dict[str, Callable] = {}
 _OPTIONS = {"xla_embed_ir_in_executable": False}
 _root: Path | None = None  # set by enable(): where this process keeps programs
+_JAX_SETTINGS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+_before: dict[str, Any] | None = None  # JAX's settings that enable() changed, as they were
 
 
 def cache_root() -> Path | None:
@@ -44,12 +46,30 @@ def enable() -> None:
     Points JAX's persistent compilation cache at ``<cache>/xla`` for every compile, and lets
     :func:`call` keep whole executables in ``<cache>/programs``.
     """
-    global _root
+    global _root, _before
     _root = cache_root()
     if _root is None:
         return
+    if _before is None:
+        _before = {name: getattr(jax.config, name) for name in _JAX_SETTINGS}
     jax.config.update("jax_compilation_cache_dir", str(_root / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def disable() -> None:
+    """Undo :func:`enable`: plain calls again, and JAX's compilation cache settings as they
+    were (for a process that goes on after a command-line entry point returned)."""
+    global _root, _before
+    _root = None
+    _loaded.clear()
+    if _before is None:
+        return
+    from jax.experimental.compilation_cache import compilation_cache
+
+    for name, value in _before.items():
+        jax.config.update(name, value)
+    _before = None
+    compilation_cache.reset_cache()  # JAX decides once per process whether the cache is used
 
 
 @functools.cache
@@ -115,25 +135,33 @@ def _compile_afresh(jitted, static: dict, args: tuple):
     whether it is safe to keep (no persistent-cache hit was reported while compiling)."""
     from jax.experimental.compilation_cache import compilation_cache
 
-    hits = []
-
-    def listener(event, **_):
-        if event == "/jax/compilation_cache/cache_hits":
-            hits.append(event)
-
+    _listen_for_cache_hits()
     previous = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
     compilation_cache.reset_cache()  # JAX decides once per process whether the cache is used
-    jax.monitoring.register_event_listener(listener)
+    hits_before = _cache_hits[0]
     try:
         # an option of its own keeps this compile apart from any in-memory or on-disk entry
         # of the same program compiled by a plain call
         lowered = jitted.lower(*args, **static)
-        return lowered.compile(compiler_options=_OPTIONS), not hits
+        return lowered.compile(compiler_options=_OPTIONS), _cache_hits[0] == hits_before
     finally:
-        jax.monitoring.unregister_event_listener(listener)
         jax.config.update("jax_enable_compilation_cache", previous)
         compilation_cache.reset_cache()
+
+
+_cache_hits = [0]  # JAX persistent-cache hits reported in this process
+
+
+@functools.cache
+def _listen_for_cache_hits() -> None:
+    """Count JAX's persistent-cache hits (one listener for the process)."""
+
+    def listener(event, **_):
+        if event == "/jax/compilation_cache/cache_hits":
+            _cache_hits[0] += 1
+
+    jax.monitoring.register_event_listener(listener)
 
 
 def _load(path: Path):

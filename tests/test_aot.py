@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,3 +104,26 @@ def test_programs_stay_whole_beside_plain_calls(tmp_path):
         sums.append(float(res.stdout.split()[-1]))
     assert sums[0] > 0.0 and sums.count(sums[0]) == 3
     assert any((tmp_path / "cache" / "programs").glob("simulate-*.bin"))
+
+
+def test_in_process_command_keeps_programs_in_the_test_run_and_then_turns_off(tmp_path):
+    """The suite's programs go to its own folder (never ~/.cache/jaxdiff), and after a command
+    run in-process the caches are off again for the next test."""
+    import jax
+
+    from jaxdiff import aot
+    from jaxdiff.cli import main
+
+    cache = Path(os.environ["JAXDIFF_CACHE_DIR"])
+    assert Path.home() / ".cache" / "jaxdiff" != cache
+    before = jax.config.jax_compilation_cache_dir
+    previous = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert main(FLAGS) == 0
+    finally:
+        os.chdir(previous)
+    assert jax.config.jax_compilation_cache_dir == str(cache / "xla")
+    assert any((cache / "programs").glob("simulate-*.bin"))
+    aot.disable()
+    assert jax.config.jax_compilation_cache_dir == before

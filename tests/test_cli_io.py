@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import GOLDEN, golden_cmd
+from conftest import GOLDEN, golden_argv, golden_cmd
 
 from jaxdiff import simulate
 from jaxdiff.cli import main
@@ -18,8 +18,7 @@ QUIET = ["-nopgm", "-nonoise", "-floatfile", "out.bin", "-intfile", "out.img"]
 
 @pytest.mark.parametrize("name", ["noise_seed", "roi", "water", "cubic_default_F_basic"])
 def test_run_summary_matches_the_c_program(name, workdir, capsys):
-    cmd = golden_cmd(name)
-    assert main(list(cmd["argv"]) + ["--phi-carryover-mode", cmd["variant"]]) == 0
+    assert main(golden_argv(name)) == 0
     ours = capsys.readouterr().out.splitlines()
     theirs = (GOLDEN / name / "stdout.txt").read_text().splitlines()
     for prefix in ("mean=", "intfile_scale =", "max_I ="):

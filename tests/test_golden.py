@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import GOLDEN, golden_cases, golden_cmd
+from conftest import GOLDEN, golden_argv, golden_cases, golden_cmd
 
 from jaxdiff.cli import main
 from jaxdiff.io import read_smv
+
+pytestmark = pytest.mark.golden
 
 
 @pytest.mark.parametrize("name", golden_cases())
 def test_golden_case(name, workdir):
     cmd = golden_cmd(name)
-    argv = list(cmd["argv"]) + ["--phi-carryover-mode", cmd["variant"]]
-    assert main(argv) == 0
+    assert main(golden_argv(name)) == 0
 
     ref = np.fromfile(GOLDEN / name / "float.bin", "<f4").astype(np.float64)
     got = np.fromfile(workdir / "float.bin", "<f4").astype(np.float64)
@@ -66,7 +67,6 @@ def test_ignored_flag_pairs_are_identical(workdir):
     ):
         images = []
         for name in (a, b):
-            cmd = golden_cmd(name)
-            assert main(list(cmd["argv"]) + ["--phi-carryover-mode", cmd["variant"]]) == 0
+            assert main(golden_argv(name)) == 0
             images.append(np.fromfile(workdir / "float.bin", "<f4"))
         np.testing.assert_array_equal(images[0], images[1])

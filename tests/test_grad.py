@@ -10,20 +10,15 @@ mode (grad · u) and the difference to a relative 1e-5.
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from gradcheck import Checker, make_setup, put
 
 from jaxdiff.experiment import build
 from jaxdiff.simulate import simulate
 
-jax.config.update("jax_enable_x64", True)
-
-GOLDEN_INPUTS = Path(__file__).resolve().parents[2] / "shared" / "golden" / "inputs"
 RTOL = 1e-5
 
 # A triclinic cell with misset, structure factors, two mosaic domains and two wavelengths, on a
@@ -56,67 +51,6 @@ GROUPS = {
     "fluence": (("beam", "fluence"), 1e-3),
     "fhkl": (("fhkl",), 1e-3),
 }
-
-
-def get(obj, path):
-    for name in path:
-        obj = getattr(obj, name)
-    return obj
-
-
-def put(obj, path, value):
-    if not path:
-        return value
-    return dataclasses.replace(obj, **{path[0]: put(getattr(obj, path[0]), path[1:], value)})
-
-
-def with_params(exp, params: dict):
-    for path, value in params.items():
-        exp = put(exp, path, value)
-    return exp
-
-
-def make_setup(args: str, tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("grad")
-    (cwd / "inputs").symlink_to(GOLDEN_INPUTS)
-    return build(args.split(), cwd)
-
-
-class Checker:
-    """The image as a function of a dict of parameters, with jitted JVP and weighted gradient."""
-
-    def __init__(self, exp, cfg, paths):
-        self.exp, self.cfg = exp, cfg
-        # Strongly typed copies: a perturbed (strong) value must not retrace the functions.
-        self.params = {p: jnp.asarray(get(exp, p), dtype=jnp.float64) for p in paths}
-
-        def image(params):
-            return simulate(with_params(self.exp, params), self.cfg)
-
-        self.image = jax.jit(image)
-        self.grad = jax.jit(jax.grad(lambda p, w: jnp.sum(w * image(p))))
-        self.jvp = jax.jit(lambda p, t: jax.jvp(image, (p,), (t,))[1])
-
-    def along(self, path, u, h, start=None):
-        """Derivative images along ``u`` from ``start`` (default: the experiment's value):
-        forward mode, and fourth-order central differences with steps h and 2h (where the two
-        differ the image is not smooth on that scale)."""
-        base = self.params if start is None else {**self.params, path: start}
-
-        def at(t):
-            return np.asarray(self.image({**base, path: base[path] + t * u}))
-
-        f = {k: at(k * h) for k in (-4, -2, -1, 1, 2, 4)}
-        fd_h = (-f[2] + 8 * f[1] - 8 * f[-1] + f[-2]) / (12 * h)
-        fd_2h = (-f[4] + 8 * f[2] - 8 * f[-2] + f[-4]) / (24 * h)
-        tangent = {p: jnp.zeros_like(v) for p, v in base.items()}
-        fwd = np.asarray(self.jvp(base, {**tangent, path: u}))
-        return fwd, fd_h, fd_2h
-
-    def reverse(self, path, u, weights, start=None):
-        """grad(Σ weights · image) · u at ``start`` (default: the experiment's value)."""
-        base = self.params if start is None else {**self.params, path: start}
-        return float(jnp.sum(self.grad(base, jnp.asarray(weights))[path] * u))
 
 
 def direction(name: str, value, rng) -> jnp.ndarray:
@@ -175,3 +109,29 @@ def test_group_gradient_matches_finite_differences(checker, name):
     path, h = GROUPS[name]
     start = jnp.asarray(SMALL_SPREAD, dtype=jnp.float64) if name == "mosaic_spread" else None
     _check(checker, name, path, h, seed=list(GROUPS).index(name), start=start)
+
+
+def test_grad_over_the_whole_experiment(tmp_path):
+    """``jax.grad`` with respect to the whole Experiment, as ``build`` makes it: every leaf is
+    floating, every gradient finite; the mask only selects pixels (zero gradient)."""
+    setup = build(
+        "-cell 70 80 90 85 95 105 -misset 10 5 3 -default_F 100 -N 5 -lambda 1 -distance 100 "
+        "-pixel 0.4 -detpixels 12 -phi 0 -osc 1 -phisteps 2 -mosaic 0.3 -mosaic_dom 2".split(),
+        tmp_path,
+    )
+    exp, cfg = setup.experiment, setup.config
+    leaves = jax.tree_util.tree_leaves_with_path(exp)
+    assert all(jnp.issubdtype(x.dtype, jnp.floating) for _, x in leaves), [
+        (jax.tree_util.keystr(p), x.dtype) for p, x in leaves
+    ]
+    grad = jax.grad(lambda e: simulate(e, cfg).sum())(exp)
+    for path, g in jax.tree_util.tree_leaves_with_path(grad):
+        assert np.all(np.isfinite(np.asarray(g))), jax.tree_util.keystr(path)
+    assert np.all(np.asarray(grad.mask) == 0.0)
+    for moved in (
+        grad.detector.distance,
+        grad.beam.fluence,
+        grad.crystal.cell,
+        grad.crystal.ncells,
+    ):
+        assert np.any(np.asarray(moved) != 0.0)

@@ -19,8 +19,6 @@ from jaxdiff.beam import polarization_factor, safe_unit
 from jaxdiff.refine import misorientation
 from jaxdiff.rotation import rotation_vector_matrix
 
-jax.config.update("jax_enable_x64", True)
-
 
 def f64(x):
     return jnp.asarray(x, dtype=jnp.float64)

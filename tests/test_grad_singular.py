@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_grad import Checker, make_setup
+from gradcheck import Checker, make_setup
 
 from jaxdiff.detector import detector_geometry, pixel_positions
-
-jax.config.update("jax_enable_x64", True)
 
 ARGS = (
     "-mat inputs/A.mat -default_F 100 -N 5 -lambda 1 -distance 100 -pixel 0.1 -detpixels 64 "

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import GOLDEN, REPO, golden_cmd
+from conftest import GOLDEN, REPO, golden_argv
 
 from jaxdiff.cli import main
 from jaxdiff.experiment import build
@@ -59,15 +59,10 @@ def test_fmt_g_reprints_every_golden_value():
     assert count > 30000
 
 
-def _golden_argv(name: str) -> list[str]:
-    cmd = golden_cmd(name)
-    return [*cmd["argv"], "--phi-carryover-mode", cmd["variant"]]
-
-
 def test_cli_trace_prints_the_pixel_and_leaves_the_image_alone(workdir, capsys):
     """-trace_pixel adds TRACE_PY lines that match the C program's trace (pixel (0, 0) of a
     c-parity φ sweep: the run's first φ loop) and writes the same float image, byte for byte."""
-    argv = _golden_argv("phi_osc5_cparity")
+    argv = golden_argv("phi_osc5_cparity")
     assert main(argv) == 0
     plain = (workdir / "float.bin").read_bytes()
     capsys.readouterr()
@@ -129,7 +124,7 @@ def test_trace_value_is_the_simulated_pixel(workdir, argv):
 
 def test_tricubic_switch_off_pixel(workdir):
     """Around the pixel where tricubic interpolation switches off, the trace gives the image."""
-    setup = build(_golden_argv("hkl_tricubic_out_of_range"), workdir)
+    setup = build(golden_argv("hkl_tricubic_out_of_range"), workdir)
     image = np.fromfile(GOLDEN / "hkl_tricubic_out_of_range" / "float.bin", "<f4").reshape(128, 128)
     used = []
     for f in range(68, 76):
@@ -140,7 +135,7 @@ def test_tricubic_switch_off_pixel(workdir):
 
 
 def test_pixel_outside_the_roi_prints_set_up_only(workdir):
-    setup = build(_golden_argv("roi"), workdir)
+    setup = build(golden_argv("roi"), workdir)
     record = trace_pixel(setup.experiment, setup.config, 0, 0)
     assert not bool(record["rendered"])
     lines = trace_lines(setup, 0, 0)
@@ -158,7 +153,7 @@ def _with_rotation(exp, rotation):
 def test_gradient_of_F_latt_wrt_rotation(workdir, rotation):
     """d F_latt / d rotation of the traced pixel (φ step 2, a c-parity φ sweep) is finite and
     agrees with central finite differences, at the rotation vector's singular point 0 too."""
-    setup = build(_golden_argv("phi_osc5_cparity"), workdir)
+    setup = build(golden_argv("phi_osc5_cparity"), workdir)
     exp, cfg = setup.experiment, setup.config
 
     def f_latt(rot):
@@ -176,7 +171,7 @@ def test_gradient_of_F_latt_wrt_rotation(workdir, rotation):
 
 
 def test_gradient_of_pixel_wrt_distance(workdir):
-    setup = build(_golden_argv("triclinic_misset"), workdir)
+    setup = build(golden_argv("triclinic_misset"), workdir)
     exp, cfg = setup.experiment, setup.config
 
     def pixel(distance):
@@ -191,7 +186,7 @@ def test_gradient_of_pixel_wrt_distance(workdir):
 
 
 def test_other_pixels_and_values_do_not_recompile(workdir):
-    setup = build(_golden_argv("mosaic"), workdir)
+    setup = build(golden_argv("mosaic"), workdir)
     exp, cfg = setup.experiment, setup.config
     jax.block_until_ready(trace_pixel(exp, cfg, 17, 84))
     size = _trace_kernel._cache_size()

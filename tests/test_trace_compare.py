@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import GOLDEN, golden_cmd
+from conftest import GOLDEN, INPUTS, golden_argv
 
 from jaxdiff.experiment import build
 from jaxdiff.io import fmt_g
@@ -31,9 +31,8 @@ def traces(tmp_path_factory):
     out = {}
     for name, slow, fast in TRACES:
         cwd = tmp_path_factory.mktemp(name)
-        (cwd / "inputs").symlink_to(GOLDEN / "inputs")
-        cmd = golden_cmd(name)
-        setup = build([*cmd["argv"], "--phi-carryover-mode", cmd["variant"]], cwd)
+        (cwd / "inputs").symlink_to(INPUTS)
+        setup = build(golden_argv(name), cwd)
         c_text = (GOLDEN / name / f"trace_{slow}_{fast}.txt").read_text()
         out[name] = (c_text, "\n".join(trace_lines(setup, slow, fast)) + "\n")
     return out

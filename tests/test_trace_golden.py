@@ -13,11 +13,13 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import GOLDEN, golden_cases, golden_cmd
+from conftest import GOLDEN, golden_argv, golden_cases, golden_cmd
 
 from jaxdiff.experiment import build
 from jaxdiff.trace import trace_lines
 from jaxdiff.trace_compare import compare, format_report, parse_trace
+
+pytestmark = pytest.mark.golden
 
 # Rows where the C program prints a constant or loses a line (see jaxdiff.trace_compare).
 CAVEAT_NAMES = {"detector_convention", "initial_fdet", "initial_odet", "initial_sdet"}
@@ -35,7 +37,7 @@ def _trace_files(name: str) -> list[tuple[int, int, str]]:
 @pytest.mark.parametrize("name", golden_cases())
 def test_golden_traces_match(name, workdir):
     cmd = golden_cmd(name)
-    setup = build([*cmd["argv"], "--phi-carryover-mode", cmd["variant"]], workdir)
+    setup = build(golden_argv(name), workdir)
     files = _trace_files(name)
     assert len(files) >= 2
     for slow, fast, text in files:
