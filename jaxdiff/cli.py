@@ -225,9 +225,7 @@ def render_job(setup):
     def dispatch(k):
         return aot.call("simulate", simulate, {"cfg": cfg}, experiments[k])
 
-    fmin, fmax, smin, smax = cfg.roi
-    roi_mask = np.zeros((cfg.spixels, cfg.fpixels), dtype=bool)
-    roi_mask[smin : smax + 1, fmin : fmax + 1] = True
+    roi_mask = cfg.roi_mask()
     rendered = roi_mask & (np.asarray(setup.experiment.mask) != 0)
     base_seed = o.seed if o.seed is not None else -int(time.time())
     keep = {"float": [], "int": [], "noise": []}

@@ -35,6 +35,7 @@ from jaxdiff.io import (
 )
 from jaxdiff.io.dials import DialsExperiment, read_experiment
 from jaxdiff.simulate import Experiment
+from jaxdiff.simulate import steps as nanobragg_steps
 
 FDUMP = "Fdump.bin"
 EXPT = "expt"  # the convention of a geometry read from --expt: custom vectors, kept as given
@@ -402,8 +403,7 @@ def _resolve(o: Options, mask_data, expt: DialsExperiment | None, cwd: Path) -> 
         carryover=o.carryover,
         dtype=o.dtype,
     )
-    n_src = beam.source_dirs.shape[0]
-    steps = n_src * n["mosaic"][1] * cfg.phisteps * cfg.oversample * cfg.oversample
+    steps = nanobragg_steps(exp, cfg)
     centre = _centre(o)
     header = _header_values(o, geom, beam_dir, centre, n["phi"][0], fpixels, spixels, expt)
     return Setup(exp, cfg, o, header, steps, hkl_count, grid if o.hklfile else None, expt)
