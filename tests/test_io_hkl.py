@@ -6,21 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import INPUTS
 
 from jaxdiff.errors import InputError
 from jaxdiff.io import HKLGrid, read_fdump, read_hkl, write_fdump
-
-
-def golden_dir() -> Path:
-    """The C program's reference outputs, ../shared/golden from the repository root."""
-    path = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
-    if not path.is_dir():
-        pytest.skip(f"golden data not found at {path}")
-    return path
-
-
-def inputs() -> Path:
-    return golden_dir() / "inputs"
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -35,16 +24,16 @@ def F_at(grid: HKLGrid, h: int, k: int, l: int) -> float:  # noqa: E741
 
 @pytest.mark.parametrize("stem", ["P1", "minimal", "negative_indices", "sparse", "test_pattern"])
 def test_commented_original_reads_like_the_copy_c_can_read(stem: str) -> None:
-    original = read_hkl(inputs() / f"{stem}.hkl", default_F=7.0)
-    copy = read_hkl(inputs() / f"{stem}_nocomment.hkl", default_F=7.0)
+    original = read_hkl(INPUTS / f"{stem}.hkl", default_F=7.0)
+    copy = read_hkl(INPUTS / f"{stem}_nocomment.hkl", default_F=7.0)
     bounds = ("h_min", "h_max", "k_min", "k_max", "l_min", "l_max", "count")
     assert [getattr(original, b) for b in bounds] == [getattr(copy, b) for b in bounds]
     np.testing.assert_array_equal(original.F, copy.F)
-    assert original.count == sum(1 for line in (inputs() / f"{stem}_nocomment.hkl").open())
+    assert original.count == sum(1 for line in (INPUTS / f"{stem}_nocomment.hkl").open())
 
 
 def test_minimal_values_and_c_padding() -> None:
-    grid = read_hkl(inputs() / "minimal.hkl")
+    grid = read_hkl(INPUTS / "minimal.hkl")
     assert (grid.h_min, grid.h_max, grid.k_min, grid.k_max, grid.l_min, grid.l_max) == (
         0, 1, 0, 1, 0, 1,
     )  # fmt: skip
@@ -59,7 +48,7 @@ def test_minimal_values_and_c_padding() -> None:
 
 
 def test_negative_indices_offset_by_minimum() -> None:
-    grid = read_hkl(inputs() / "negative_indices.hkl")
+    grid = read_hkl(INPUTS / "negative_indices.hkl")
     assert (grid.h_min, grid.k_min, grid.l_min) == (-1, -1, -1)
     assert F_at(grid, -1, 0, 0) == 50.0
     assert F_at(grid, 0, -1, 0) == 60.0
@@ -67,25 +56,25 @@ def test_negative_indices_offset_by_minimum() -> None:
 
 
 def test_default_F_fills_missing_points_but_not_the_padding() -> None:
-    grid = read_hkl(inputs() / "sparse.hkl", default_F=3.5)
+    grid = read_hkl(INPUTS / "sparse.hkl", default_F=3.5)
     assert F_at(grid, 1, 0, 0) == 3.5  # deliberately absent from the file
     assert F_at(grid, 0, 0, 0) == 100.0
     assert F_at(grid, 2, 2, 0) == 30.0
     assert grid.F[-1].max() == 0.0 and grid.F[:, -1].max() == 0.0 and grid.F[:, :, -1].max() == 0.0
-    assert read_hkl(inputs() / "sparse.hkl").F[1 - grid.h_min, 0 - grid.k_min, 0] == 0.0
+    assert read_hkl(INPUTS / "sparse.hkl").F[1 - grid.h_min, 0 - grid.k_min, 0] == 0.0
 
 
 @pytest.mark.parametrize("name", ["with_phase.hkl", "with_sigma.hkl"])
 def test_extra_columns_are_ignored(name: str) -> None:
     # These files hold the reflections of minimal.hkl plus sigma/phase columns.
-    extra = read_hkl(inputs() / name)
-    minimal = read_hkl(inputs() / "minimal.hkl")
+    extra = read_hkl(INPUTS / name)
+    minimal = read_hkl(INPUTS / "minimal.hkl")
     np.testing.assert_array_equal(extra.F, minimal.F)
     assert extra.count == minimal.count
 
 
 def test_large_real_file() -> None:
-    grid = read_hkl(inputs() / "scaled.hkl")
+    grid = read_hkl(INPUTS / "scaled.hkl")
     assert (grid.h_min, grid.h_max) == (-24, 24)
     assert (grid.k_min, grid.k_max) == (-28, 28)
     assert (grid.l_min, grid.l_max) == (-31, 30)
@@ -147,7 +136,7 @@ def test_missing_file_names_it(tmp_path: Path) -> None:
 
 
 def test_fdump_round_trip_and_c_layout(tmp_path: Path) -> None:
-    grid = read_hkl(inputs() / "negative_indices.hkl", default_F=1.25)
+    grid = read_hkl(INPUTS / "negative_indices.hkl", default_F=1.25)
     path = tmp_path / "Fdump.bin"
     write_fdump(path, grid)
     raw = path.read_bytes()

@@ -9,6 +9,7 @@ from pathlib import Path
 import fabio
 import numpy as np
 import pytest
+from conftest import GOLDEN
 
 from jaxdiff.errors import InputError
 from jaxdiff.io import (
@@ -28,17 +29,9 @@ from jaxdiff.io import (
 )
 
 
-def golden_dir() -> Path:
-    """The C program's reference outputs, ../shared/golden from the repository root."""
-    path = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
-    if not path.is_dir():
-        pytest.skip(f"golden data not found at {path}")
-    return path
-
-
 def case_flag(case: str, flag: str, default: float) -> float:
     """The value following ``flag`` in a golden case's command line."""
-    argv = json.loads((golden_dir() / case / "cmd.json").read_text())["argv"]
+    argv = json.loads((GOLDEN / case / "cmd.json").read_text())["argv"]
     return float(argv[argv.index(flag) + 1]) if flag in argv else default
 
 
@@ -52,7 +45,7 @@ SMV_FILES = [
 
 @pytest.mark.parametrize(("case", "name", "pixels"), SMV_FILES)
 def test_read_golden_smv(case: str, name: str, pixels: int) -> None:
-    path = golden_dir() / case / name
+    path = GOLDEN / case / name
     header, data = read_smv(path)
     assert header["HEADER_BYTES"] == "512"
     assert header["BYTE_ORDER"] == "little_endian"
@@ -72,8 +65,8 @@ def test_read_golden_smv(case: str, name: str, pixels: int) -> None:
 
 @pytest.mark.parametrize("case", ["cubic_default_F_basic", "intfile_scale_adc", "noise_seed"])
 def test_int_conversion_reproduces_golden_int_img(case: str) -> None:
-    _, golden = read_smv(golden_dir() / case / "int.img")
-    photons = read_float_image(golden_dir() / case / "float.bin", golden.shape)
+    _, golden = read_smv(GOLDEN / case / "int.img")
+    photons = read_float_image(GOLDEN / case / "float.bin", golden.shape)
     # -scale absent (0) means C's automatic 55000 / max_I over the rendered (ROI) pixels.
     scale = case_flag(case, "-scale", 0.0) or auto_int_scale(float(photons.max()))
     counts = to_int_image(photons, scale, case_flag(case, "-adc", 40.0))
@@ -83,7 +76,7 @@ def test_int_conversion_reproduces_golden_int_img(case: str) -> None:
 
 
 def test_auto_int_scale_matches_c_stdout() -> None:
-    photons = np.fromfile(golden_dir() / "cubic_default_F_basic" / "float.bin", dtype="<f4")
+    photons = np.fromfile(GOLDEN / "cubic_default_F_basic" / "float.bin", dtype="<f4")
     # stdout.txt: "max_I = 154.652", "intfile_scale = 355.636"
     assert fmt_g(float(photons.max())) == "154.652"
     assert fmt_g(auto_int_scale(float(photons.max()))) == "355.636"
@@ -135,7 +128,7 @@ def header_for_64px_mosflm_default() -> list[str]:
 
 
 def test_c_header_text_matches_golden_byte_for_byte() -> None:
-    golden = (golden_dir() / "cubic_default_F_basic" / "int.img").read_bytes()[:512]
+    golden = (GOLDEN / "cubic_default_F_basic" / "int.img").read_bytes()[:512]
     mine = smv_header(header_for_64px_mosflm_default())
     assert mine == golden
 
@@ -303,7 +296,7 @@ def test_float_image_round_trip(tmp_path: Path) -> None:
 
 
 def test_golden_float_image_shape() -> None:
-    image = read_float_image(golden_dir() / "noise_seed" / "float.bin", (128, 128))
+    image = read_float_image(GOLDEN / "noise_seed" / "float.bin", (128, 128))
     # stdout.txt of noise_seed: "max_I = 145.102  at 0.00845 0.00185"
     assert fmt_g(float(image.max())) == "145.102"
 

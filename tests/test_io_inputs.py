@@ -6,17 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import GOLDEN
 
 from jaxdiff.errors import InputError
 from jaxdiff.io import SOURCE_COLUMNS, read_mosflm_matrix, read_sourcefile
-
-
-def golden_dir() -> Path:
-    """The C program's reference outputs, ../shared/golden from the repository root."""
-    path = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
-    if not path.is_dir():
-        pytest.skip(f"golden data not found at {path}")
-    return path
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -26,7 +19,7 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 
 def test_A_mat_columns_are_the_reciprocal_vectors() -> None:
-    a_star, b_star, c_star = read_mosflm_matrix(golden_dir() / "inputs" / "A.mat")
+    a_star, b_star, c_star = read_mosflm_matrix(GOLDEN / "inputs" / "A.mat")
     np.testing.assert_array_equal(a_star, [-0.02837711, -0.02871390, 0.01050048])
     np.testing.assert_array_equal(b_star, [-0.00305386, 0.01019549, -0.03209440])
     np.testing.assert_array_equal(c_star, [0.02535816, -0.01400049, -0.01036054])
@@ -90,14 +83,14 @@ def test_missing_matrix(tmp_path: Path) -> None:
 
 
 def test_golden_source_files() -> None:
-    plain = read_sourcefile(golden_dir() / "inputs" / "sources_3.txt")
+    plain = read_sourcefile(GOLDEN / "inputs" / "sources_3.txt")
     assert set(plain) == set(SOURCE_COLUMNS)
     np.testing.assert_array_equal(plain["X"], [-10, -10, -10])
     np.testing.assert_array_equal(plain["Y"], [0, 0.03, -0.024])
     np.testing.assert_array_equal(plain["Z"], [0, 0.015, 0.036])
     np.testing.assert_array_equal(plain["I"], [1, 0.7, 0.4])
     np.testing.assert_array_equal(plain["lambda"], [1e-10, 1e-10, 1e-10])
-    lam = read_sourcefile(golden_dir() / "inputs" / "sources_3_lambda.txt")
+    lam = read_sourcefile(GOLDEN / "inputs" / "sources_3_lambda.txt")
     np.testing.assert_array_equal(lam["lambda"], [1.00e-10, 1.02e-10, 0.98e-10])
     assert all(v.dtype == np.float64 for v in lam.values())
 

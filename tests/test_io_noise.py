@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 import re
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import GOLDEN
 
 from jaxdiff.deviates import Deviates, Ran1, gammln
 from jaxdiff.io import (
@@ -22,8 +22,6 @@ from jaxdiff.io import (
     read_float_image,
     read_smv,
 )
-
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
 
 
 def assert_same_noise(image, seed, adc=40.0, roi=None) -> None:
