@@ -317,3 +317,27 @@ def test_refine_from_an_experiment_list_writes_the_fit_back(still, tmp_path, mon
     print(f"refined orientation: start {turn_deg(start):.4f} deg, fit {turn_deg(fitted):.2g} deg")
     assert turn_deg(start) > 0.2
     assert turn_deg(fitted) < 1e-3
+
+
+def test_the_command_renders_an_experiment_list(still, tmp_path, monkeypatch, capsys):
+    """``jaxdiff --expt``: the SMV header's DIALS_ORIGIN is the file's panel origin (the file
+    is in DIALS' frame already), and a multi-panel file stops with exit status 2."""
+    from jaxdiff.cli import main
+    from jaxdiff.io import read_smv
+
+    path, _ = still
+    monkeypatch.chdir(tmp_path)
+    common = ["-default_F", "1", "-nonoise", "-nopgm", "-floatfile", "f.bin", "-intfile", "i.img"]
+    assert main(["--expt", str(path), *common]) == 0
+    header, data = read_smv(tmp_path / "i.img")
+    assert data.shape == (80, 96)
+    origin = [float(v) for v in header["DIALS_ORIGIN"].split(",")]
+    np.testing.assert_allclose(origin, [-30.0, 28.0, -100.0], rtol=0, atol=1e-9)
+
+    def two_panels(doc):
+        doc["detector"][0]["panels"].append(doc["detector"][0]["panels"][0])
+
+    (tmp_path / "i.img").unlink()
+    assert main(["--expt", _edit(path, tmp_path, two_panels), *common]) == 2
+    assert "2 panels" in capsys.readouterr().err
+    assert not (tmp_path / "i.img").exists()
