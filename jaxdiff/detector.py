@@ -111,7 +111,8 @@ class Detector:
             layer_thickness, mu: one sensor layer's thickness [m] and attenuation [1/m].
 
         The detector pivots about the sample; its normal is the unit fast × slow, turned to
-        face away from the sample.
+        face away from the sample, and ``close_distance`` (which places it) and ``distance``
+        both hold the sample-to-plane distance.
         """
         size = np.broadcast_to(np.asarray(pixel_size, dtype=float), (2,))
         if size[0] != size[1] or not size[0] > 0.0:

@@ -92,7 +92,8 @@ class DialsExperiment:
 
     def crystal(self, **kwargs) -> Crystal:
         """The crystal (keyword arguments as for :meth:`Crystal.from_cell`, e.g. ncells);
-        the goniometer's axis and the scan's first φ and width are its defaults."""
+        the goniometer's axis and the scan's first φ are its defaults (a φ step over the
+        scan's width, ``oscillation[1]``, and the count of steps are the caller's choice)."""
         if self.real_space is None:
             raise InputError(f"{self.path}: the experiment has no crystal")
         if self.rotation_axis is not None:
