@@ -13,7 +13,6 @@ Run from anywhere in the repository: ``python examples/parity_experiment.py``. T
 
 from __future__ import annotations
 
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -43,10 +42,10 @@ FLAGS = (
 ROI = ["-roi", str(FAST - 5), str(FAST + 5), str(SLOW - 5), str(SLOW + 5)]
 
 
-def run(mode: str, workdir: str):
+def run(mode: str):
     """The resolved run (see jaxdiff.experiment.Setup) in carryover ``mode``."""
     argv = ["-mat", str(INPUTS / "A.mat"), "-hkl", str(INPUTS / "scaled.hkl"), *FLAGS, *ROI]
-    return build([*argv, "--phi-carryover-mode", mode], workdir)
+    return build([*argv, "--phi-carryover-mode", mode])
 
 
 def record(setup, slow: int, fast: int) -> dict:
@@ -61,8 +60,7 @@ def vector(v) -> str:
 
 def main() -> None:
     jax.config.update("jax_enable_x64", True)
-    with tempfile.TemporaryDirectory() as workdir:  # -hkl writes Fdump.bin here
-        setups = {mode: run(mode, workdir) for mode in ("spec", "c-parity")}
+    setups = {mode: run(mode) for mode in ("spec", "c-parity")}
     records = {mode: record(setup, SLOW, FAST) for mode, setup in setups.items()}
 
     for mode, r in records.items():

@@ -65,8 +65,9 @@ def _caches_off_after_each_test():
 def workdir(tmp_path, monkeypatch):
     """A fresh working directory where inputs/NAME resolves to the golden inputs.
 
-    The C program (and jaxdiff) writes Fdump.bin into the working directory when -hkl is given
-    and reads it back when -hkl is absent, so each run gets its own folder, never the golden one.
+    The C program and the jaxdiff command write Fdump.bin into the working directory when -hkl
+    is given and read it back when -hkl is absent, so each run gets its own folder, never the
+    golden one.
     """
     (tmp_path / "inputs").symlink_to(INPUTS)
     monkeypatch.chdir(tmp_path)
