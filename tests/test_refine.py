@@ -1,5 +1,6 @@
-"""jaxdiff.refine: losses, masks, parameter groups, A matrices, and the optax driver fitting
-orientation (one image) and orientation with a shared cell (two images) from noisy images.
+"""jaxdiff.refine: losses, masks, parameter groups, A matrices, the orientation search, the
+verdict, and the optax driver fitting orientation (one image), orientation with a shared cell
+(two images), one orientation shared by the frames of a sweep, and the mosaic spread.
 
 The fits use a 96×96 detector at 50 mm that catches about a hundred reflections of the A.mat
 crystal (every F = 100) with Ncells = 6; the observed images have Poisson noise.
@@ -21,13 +22,18 @@ from jaxdiff.experiment import build
 from jaxdiff.io import read_mosflm_matrix
 from jaxdiff.refine import (
     GROUPS,
+    Search,
     Stage,
     a_matrix,
     dilate,
+    expected_poisson_nll,
     lattice_cell,
+    misorientation,
+    oscillation,
     poisson_nll,
     refine,
     spot_pixels,
+    sweep_models,
     valid_pixels,
     weighted_least_squares,
 )
@@ -36,6 +42,7 @@ from jaxdiff.refine.driver import _Data, default_optimizer, make_fitter, make_mo
 from jaxdiff.refine.losses import least_squares_curvature, poisson_curvature
 from jaxdiff.refine.params import ROTATION_UNIT, apply_offsets, initial_offsets
 from jaxdiff.refine.picture import fit_picture, strongest_spots, write_png
+from jaxdiff.refine.search import search_orientation
 from jaxdiff.simulate import simulate
 
 jax.config.update("jax_enable_x64", True)
@@ -48,6 +55,9 @@ FLAGS = (
 # The starting model of the library and CLI fits: A.mat turned by this misset [deg].
 MISSET = ["-misset", "0.2", "-0.15", "0.1"]
 TOLERANCE_DEG = 0.005
+# A sweep: each frame 0.5° in two φ steps; the library and CLI sweep fits use these frames.
+SWEEP = ["-osc", "0.5", "-phisteps", "2"]
+SWEEP_FRAMES = 4
 
 
 def workdir(tmp_path_factory) -> Path:
@@ -74,6 +84,19 @@ def fitted(truth):
     return start, result
 
 
+def undo_rotation(start, truth) -> np.ndarray:
+    """The rotation offset (in the optimiser's units) that turns ``start``'s crystal onto
+    ``truth``'s: R with recip_start Rᵀ = recip_true."""
+    r_t = np.linalg.solve(
+        np.asarray(a_matrix(start.experiment.crystal, start.config, 1e-10)).T,
+        np.asarray(a_matrix(truth.experiment.crystal, truth.config, 1e-10)).T,
+    )
+    r = r_t.T
+    skew = 0.5 * np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]])
+    angle = math.atan2(np.linalg.norm(skew), 0.5 * (np.trace(r) - 1.0))
+    return skew / np.linalg.norm(skew) * angle / ROTATION_UNIT
+
+
 def orientation_error_deg(a_fit: np.ndarray, a_true: np.ndarray) -> float:
     """Angle [deg] of the rotation between two A matrices of the same cell."""
     u = a_fit @ np.linalg.inv(a_true)
@@ -89,6 +112,21 @@ def test_refine_recovers_the_orientation(truth, fitted):
     assert orientation_error_deg(a_start, a_true) > 0.2
     assert orientation_error_deg(result.a_matrices[0], a_true) < TOLERANCE_DEG
     assert result.final_loss < result.initial_loss
+    assert result.converged and "times what Poisson noise leaves" in result.reason
+    assert 0.5 < result.loss_ratio < 1.5
+    # The stopping rule does not end the fit above the loss at the true orientation.
+    # Typed as refine types them, so that the fit's compiled loss is reused.
+    loss = jax.jit(make_model((start.config,), "poisson")[1])
+    data = _Data(
+        (start.experiment,),
+        (jnp.asarray(truth[2]),),
+        (jnp.asarray(0.01, jnp.float64),),
+        (jnp.ones(truth[2].shape),),
+        jnp.asarray(float(truth[2].size), jnp.float64),
+    )
+    at_truth = {**result.offsets, "rotation": jnp.asarray(undo_rotation(start, setup)[None])}
+    one = jnp.ones(())
+    assert result.final_loss <= float(loss(at_truth, data, one, one)) + 1e-9
     assert result.values["scale"][0] == pytest.approx(1.0, abs=0.01)
     # The line search never accepts an increase within a stage.
     for s in np.unique(result.stages):
@@ -147,37 +185,42 @@ def test_two_images_share_the_cell_and_ncells_and_keep_their_orientations(tmp_pa
 def test_loss_gradient_for_every_group_matches_finite_differences(truth):
     # Through the parametrisation: rotation, cell strain, Ncells, scale, distance (whose
     # close_distance is NaN, derived), beam centre; at nonzero offsets and a broadened stage
-    # (Ncells 3: an integer, where the lattice transform is smooth at half-integer h).
-    setup, _, observed, _ = truth
-    cfg = setup.config
-    _, total, _ = make_model((cfg,), "poisson")
-    mask = jnp.ones(observed.shape)
-    data = _Data(
-        (setup.experiment,),
-        (jnp.asarray(observed),),
-        (jnp.asarray(0.01),),
-        (mask,),
-        jnp.asarray(float(observed.size)),
-    )
+    # (Ncells 3: an integer, where the lattice transform is smooth at half-integer h). The
+    # mosaic spread on a model with three mosaic domains (one has no spread to move).
+    setup, _, observed, cwd = truth
+    mosaic = build([*FLAGS, "-mosaic", "0.01", "-mosaic_domains", "3"], cwd)
     rng = np.random.default_rng(2)
     offsets = {
         k: jnp.asarray(rng.normal(size=v.shape) * 0.3)
         for k, v in initial_offsets(GROUPS, 1).items()
     }
     factors = (jnp.asarray(0.5), jnp.asarray(1.0))
-    loss = jax.jit(total)
-    grad = jax.jit(jax.grad(total))(offsets, data, *factors)
     assert np.isnan(float(setup.experiment.detector.close_distance))
-    h = 1e-4
-    for group in GROUPS:
-        u = jnp.asarray(rng.normal(size=offsets[group].shape))
+    checks = [(setup, [g for g in GROUPS if g != "mosaic"]), (mosaic, ["mosaic"])]
+    for model, groups in checks:
+        _, total, _ = make_model((model.config,), "poisson")
+        data = _Data(
+            (model.experiment,),
+            (jnp.asarray(observed),),
+            (jnp.asarray(0.01),),
+            (jnp.ones(observed.shape),),
+            jnp.asarray(float(observed.size)),
+        )
+        loss = jax.jit(total)
+        grad = jax.jit(jax.grad(total))(offsets, data, *factors)
+        for group in groups:
+            # The domains' angles are rounded to float32 (as nanoBragg rounds them), 6e-8 of
+            # each angle: checked at a spread of 0.01° (as in test_grad.py) with a step of 1%
+            # of it, where that rounding stays far below the tolerance.
+            h = 0.1 if group == "mosaic" else 1e-4
+            u = jnp.asarray(rng.normal(size=offsets[group].shape))
 
-        def at(t, group=group, u=u):
-            return float(loss({**offsets, group: offsets[group] + t * u}, data, *factors))
+            def at(t, group=group, u=u, loss=loss, data=data):
+                return float(loss({**offsets, group: offsets[group] + t * u}, data, *factors))
 
-        fd = (-at(2 * h) + 8 * at(h) - 8 * at(-h) + at(-2 * h)) / (12 * h)
-        assert np.all(np.isfinite(np.asarray(grad[group])))
-        assert float(jnp.sum(grad[group] * u)) == pytest.approx(fd, rel=1e-5), group
+            fd = (-at(2 * h) + 8 * at(h) - 8 * at(-h) + at(-2 * h)) / (12 * h)
+            assert np.all(np.isfinite(np.asarray(grad[group])))
+            assert float(jnp.sum(grad[group] * u)) == pytest.approx(fd, rel=1e-5), group
 
 
 def test_images_mapped_over_equal_those_rendered_one_by_one(truth):
@@ -310,3 +353,108 @@ def test_png_picture(tmp_path):
     length = int.from_bytes(raw[idat - 4 : idat], "big")
     rows = zlib.decompress(raw[idat + 4 : idat + 4 + length])
     assert len(rows) == height * (1 + 3 * width)
+
+
+def test_a_fit_started_far_off_is_judged_not_converged(truth):
+    setup, _, observed, cwd = truth
+    far = build([*FLAGS, "-misset", "6", "-5", "4"], cwd)
+    result = refine(far, observed, search=None)
+    a_true = np.asarray(a_matrix(setup.experiment.crystal, setup.config, 1e-10))
+    assert orientation_error_deg(result.a_matrices[0], a_true) > 1.0
+    assert not result.converged
+    assert result.loss_ratio > 2.0 and "the model misses the data" in result.reason
+
+
+def test_search_brings_a_start_3_degrees_off_into_the_basin(truth):
+    setup, _, observed, cwd = truth
+    a_true = np.asarray(a_matrix(setup.experiment.crystal, setup.config, 1e-10))
+    rng = np.random.default_rng(3)
+    for _ in range(2):
+        axis = rng.normal(size=3)
+        turn = axis / np.linalg.norm(axis) * math.radians(3.0)
+        start = dataclasses.replace(
+            setup.experiment,
+            crystal=dataclasses.replace(setup.experiment.crystal, rotation=jnp.asarray(turn)),
+        )
+        use = np.ones(observed.shape, bool)
+        found = search_orientation([start], [setup.config], [observed], [use], Search())
+        assert found.spots >= Search().min_spots and found.best_score > found.start_score
+        moved = jnp.asarray(turn + found.offset)
+        error = math.degrees(float(misorientation(moved, setup.experiment.crystal.rotation)))
+        assert error < 1.0
+        # From there the local fit converges.
+        result = refine(start, observed, config=setup.config)
+        a_fit = result.a_matrices[0]
+        assert orientation_error_deg(a_fit, a_true) < TOLERANCE_DEG and result.converged
+    # Too few spots: the search keeps the start.
+    empty = np.zeros_like(observed)
+    kept = search_orientation([start], [setup.config], [empty], [use], Search())
+    assert kept.spots == 0 and np.all(kept.offset == 0.0)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """The frames of a sweep (true model, noisy frames) and the start: frame 1's flags with the
+    misset of the single-image fits."""
+    cwd = workdir(tmp_path_factory)
+    setup = build([*FLAGS, *SWEEP], cwd)
+    rng = np.random.default_rng(8)
+    frames = [
+        rng.poisson(np.asarray(simulate(f.experiment, f.config))).astype(float)
+        for f in sweep_models(setup, SWEEP_FRAMES)
+    ]
+    return setup, frames, build([*FLAGS, *SWEEP, *MISSET], cwd)
+
+
+def test_sweep_models_step_phi_by_the_oscillation(sweep):
+    setup, frames, _ = sweep
+    models = sweep_models(setup, SWEEP_FRAMES)
+    assert oscillation(setup.experiment, setup.config) == pytest.approx(math.radians(0.5))
+    for k, m in enumerate(models):
+        assert float(m.experiment.crystal.phi0) == pytest.approx(k * math.radians(0.5))
+    # Different φ, different spots.
+    assert np.sum(np.abs(frames[0] - frames[3])) > 0.5 * np.sum(frames[0])
+    with pytest.raises(ValueError, match="frames"):
+        sweep_models(setup, 0)
+
+
+def test_sweep_refinement_recovers_one_shared_orientation(sweep):
+    setup, frames, start = sweep
+    models = sweep_models(start, SWEEP_FRAMES)
+    result = refine(models, frames, orientation="shared")
+    assert result.offsets["rotation"].shape == (1, 3)
+    assert result.values["scale"].shape == (SWEEP_FRAMES,)
+    a_true = np.asarray(a_matrix(setup.experiment.crystal, setup.config, 1e-10))
+    for a_fit in result.a_matrices:
+        assert orientation_error_deg(a_fit, a_true) < TOLERANCE_DEG
+    np.testing.assert_allclose(result.values["scale"], 1.0, atol=0.02)
+    assert result.converged
+    with pytest.raises(ValueError, match="orientation"):
+        refine(models, frames, orientation="one")
+
+
+def test_mosaic_spread_is_fitted_where_the_model_has_domains(truth):
+    setup, _, observed, cwd = truth
+    mosaic = ["-mosaic", "0.8", "-mosaic_domains", "4"]
+    image = np.asarray(simulate(*_pair(build([*FLAGS, *mosaic], cwd))))
+    noisy = np.random.default_rng(6).poisson(image).astype(float)
+    start = build([*FLAGS, "-mosaic", "0.5", "-mosaic_domains", "4"], cwd)
+    result = refine(start, noisy, fit=("mosaic", "scale"), schedule=(Stage(steps=40),))
+    assert result.values["mosaic"] == pytest.approx(math.radians(0.8), rel=0.03)
+    assert result.converged
+    with pytest.raises(ValueError, match="no mosaic spread to fit"):
+        refine(setup, observed, fit=("rotation", "mosaic"))
+
+
+def _pair(setup):
+    return setup.experiment, setup.config
+
+
+def test_expected_poisson_nll_is_the_mean_under_poisson_noise():
+    rng = np.random.default_rng(1)
+    for lam in (0.003, 0.2, 1.0, 7.0, 80.0, 3000.0):
+        k = rng.poisson(lam, 200_000).astype(float)
+        terms = np.asarray(poisson_nll(jnp.full(k.shape, lam), jnp.asarray(k))) / k.size
+        # The terms' spread is below 0.8 for any λ: four standard errors of the mean.
+        assert float(expected_poisson_nll(lam)) == pytest.approx(terms, abs=4 * 0.8 / 447), lam
+    assert float(expected_poisson_nll(1e6)) == pytest.approx(0.5, abs=1e-6)

@@ -34,6 +34,35 @@ def poisson_nll(
     return jnp.sum(terms)
 
 
+def _expected_table(top: float = 1000.0, points: int = 600) -> tuple[np.ndarray, np.ndarray]:
+    """log λ and E[half deviance] of one Poisson pixel of mean λ, for λ up to ``top``."""
+    lam = np.geomspace(1e-8, top, points)
+    kmax = int(top + 12.0 * np.sqrt(top) + 30.0)
+    k = np.arange(kmax + 1, dtype=np.float64)
+    log_fact = np.concatenate([[0.0], np.cumsum(np.log(k[1:]))])
+    klogk = np.where(k > 0, k * np.log(np.where(k > 0, k, 1.0)), 0.0)
+    log_pmf = k[None, :] * np.log(lam[:, None]) - lam[:, None] - log_fact[None, :]
+    # E[λ - k + k log k - k log λ] = E[k log k] - λ log λ, since E[k] = λ.
+    expected = np.exp(log_pmf) @ klogk - lam * np.log(lam)
+    return np.log(lam), expected
+
+
+_EXPECTED = _expected_table()
+
+
+def expected_poisson_nll(lam: np.ndarray) -> np.ndarray:
+    """The mean of :func:`poisson_nll`'s per-pixel terms for counts drawn from Poisson(λ):
+    what a correct model leaves under shot noise (λ [photons] > 0; about ½ for large λ, about
+    λ·log(1/λ) for small λ). NumPy, not traced."""
+    lam = np.asarray(lam, dtype=np.float64)
+    log_lam, table = _EXPECTED
+    inside = np.interp(np.log(np.clip(lam, 1e-8, None)), log_lam, table)
+    # Beyond the table: the asymptotic series ½ + 1/(12λ) + 1/(24λ²).
+    big = np.maximum(lam, 1.0)
+    series = 0.5 + 1.0 / (12.0 * big) + 1.0 / (24.0 * big**2)
+    return np.where(lam > np.exp(log_lam[-1]), series, inside)
+
+
 def _weights(observed: Array, weights: Array | None) -> Array:
     """The least-squares weights: as given, or Poisson's 1 / max(observed, 1)."""
     return 1.0 / jnp.maximum(observed, 1.0) if weights is None else weights

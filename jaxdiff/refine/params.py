@@ -3,12 +3,14 @@
 The optimiser sees dimensionless offsets from the starting model, one array per fitted group,
 in units chosen so that one unit moves a spot by roughly the same amount in every group (a few
 tenths of a pixel for a typical cell and detector); the driver further rescales them by their
-standard errors. Per-image groups (orientation, scale) have a
-leading image axis; the others are shared by all images.
+standard errors. Per-image groups (orientation, scale) have a leading image axis; the others
+are shared by all images. An orientation with one row is shared by every image (the frames of
+a rotation sweep: one crystal, each frame at its own φ).
 
 Physical values: rotation vector [rad] (applied after the misset, see
 :class:`jaxdiff.crystal.Crystal`), cell a, b, c [Å] and α, β, γ [rad], Na, Nb, Nc, scale (a
-factor on the fluence), distance [m], beam centre along fast and slow [m].
+factor on the fluence), distance [m], beam centre along fast and slow [m], mosaic spread
+[rad] (fitted in log, so it stays positive; the model needs several mosaic domains).
 
 The cell of a crystal given by cell constants (``-cell``) is fitted as those constants. The cell
 of an A-matrix crystal (``-mat``) is fitted as a symmetric strain of its reciprocal vectors: six
@@ -30,11 +32,12 @@ from jaxdiff.crystal import Crystal, cell_vectors
 from jaxdiff.rotation import rotation_vector_matrix
 from jaxdiff.simulate import Experiment
 
-GROUPS = ("rotation", "cell", "ncells", "scale", "distance", "beam_centre")
+GROUPS = ("rotation", "cell", "ncells", "mosaic", "scale", "distance", "beam_centre")
 ROTATION_UNIT = 1e-3  # rad
 CELL_LENGTH_UNIT = 1e-3  # relative
 CELL_ANGLE_UNIT = 1e-3  # rad
 NCELLS_UNIT = 0.1  # in log N
+MOSAIC_UNIT = 0.1  # in log spread
 DISTANCE_UNIT = 1e-3  # relative
 
 
@@ -48,12 +51,16 @@ def check_groups(fit: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return tuple(g for g in GROUPS if g in fit)
 
 
-def initial_offsets(fit: tuple[str, ...], n_images: int, dtype=jnp.float64) -> dict[str, Array]:
-    """Zero offsets (the starting model) for each fitted group."""
+def initial_offsets(
+    fit: tuple[str, ...], n_images: int, dtype=jnp.float64, shared_orientation: bool = False
+) -> dict[str, Array]:
+    """Zero offsets (the starting model) for each fitted group; one orientation for all images
+    when ``shared_orientation``."""
     shapes = {
-        "rotation": (n_images, 3),
+        "rotation": (1 if shared_orientation else n_images, 3),
         "cell": (6,),
         "ncells": (3,),
+        "mosaic": (),
         "scale": (n_images,),
         "distance": (),
         "beam_centre": (2,),
@@ -83,9 +90,9 @@ def apply_offsets(
     cr, det, beam = exp.crystal, exp.detector, exp.beam
     dtype = cr.rotation.dtype
     if "rotation" in offsets:
-        cr = dataclasses.replace(
-            cr, rotation=cr.rotation + ROTATION_UNIT * offsets["rotation"][image].astype(dtype)
-        )
+        rot = offsets["rotation"]
+        row = 0 if rot.shape[0] == 1 else image
+        cr = dataclasses.replace(cr, rotation=cr.rotation + ROTATION_UNIT * rot[row].astype(dtype))
     if "cell" in offsets:
         x = offsets["cell"].astype(dtype)
         if from_cell:
@@ -98,6 +105,9 @@ def apply_offsets(
         cr = dataclasses.replace(
             cr, ncells=cr.ncells * jnp.exp(NCELLS_UNIT * offsets["ncells"].astype(dtype))
         )
+    if "mosaic" in offsets:
+        factor = jnp.exp(MOSAIC_UNIT * offsets["mosaic"].astype(dtype))
+        cr = dataclasses.replace(cr, mosaic_spread=cr.mosaic_spread * factor)
     if "scale" in offsets:
         factor = jnp.exp(offsets["scale"][image].astype(dtype))
         beam = dataclasses.replace(beam, fluence=beam.fluence * factor)
@@ -133,6 +143,8 @@ def physical_values(
         out["cell"] = lattice_cell(fitted[0].crystal, configs[0])
     if "ncells" in offsets:
         out["ncells"] = np.asarray(fitted[0].crystal.ncells)
+    if "mosaic" in offsets:
+        out["mosaic"] = np.asarray(fitted[0].crystal.mosaic_spread)
     if "scale" in offsets:
         out["scale"] = np.exp(np.asarray(offsets["scale"]))
     if "distance" in offsets:
