@@ -1,5 +1,6 @@
 """The ``jaxdiff-refine`` command: fits from SMV (noisy, with ADC offset and overloads), raw float
-and HDF5 observations, its outputs (MOSFLM A matrix, JSON report, PNG picture), and one message
+and HDF5 observations and from the frames of a sweep, its outputs (MOSFLM A matrix, JSON report
+with the verdict, PNG picture), exit status 3 for a fit that did not converge, and one message
 with exit status 2 and no output file for each kind of bad input.
 
 The observed images come from the ``jaxdiff`` command on the A.mat crystal; the model starts
@@ -15,7 +16,15 @@ import h5py
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_refine import FLAGS, INPUTS, MISSET, TOLERANCE_DEG, orientation_error_deg
+from test_refine import (
+    FLAGS,
+    INPUTS,
+    MISSET,
+    SWEEP,
+    SWEEP_FRAMES,
+    TOLERANCE_DEG,
+    orientation_error_deg,
+)
 
 from jaxdiff import cli as simulate_cli
 from jaxdiff.flags import Options
@@ -66,8 +75,11 @@ def test_fit_from_a_noisy_smv_image(run, observed, capsys):
     assert status == 0
     out = capsys.readouterr().out
     assert "stage 1/3 step   1" in out and "wrote refined.mat and refine.json" in out
+    assert "\nconverged: the loss is" in out
     assert fitted_error(observed) < TOLERANCE_DEG
     report = json.loads((observed / "refine.json").read_text())
+    assert report["converged"] is True and "Poisson noise" in report["reason"]
+    assert report["frames"] == ["obs.img"] and report["search"]["spots"] > 0
     assert report["format"] == "smv" and report["adc_offset"] == 40.0
     assert report["fit"] == ["rotation", "scale"]
     assert report["final_loss"] < report["initial_loss"]
@@ -105,6 +117,55 @@ def test_fit_from_raw_float_and_hdf5(run, observed):
     assert run(*args, "--", *FLAGS, *MISSET) == 0
     assert fitted_error(observed) < 1e-4
     assert json.loads((observed / "refine.json").read_text())["format"] == "hdf5"
+
+
+def test_a_fit_that_does_not_converge_exits_3_and_writes_its_outputs(run, observed, capsys):
+    far = ["-misset", "6", "-5", "4"]
+    args = ("--observed", "obs.img", "--search-radius", "0", "--picture", "fit.png", "--quiet")
+    assert run(*args, "--", *FLAGS, *far) == 3
+    out = capsys.readouterr().out
+    assert "NOT CONVERGED: the loss is" in out
+    report = json.loads((observed / "refine.json").read_text())
+    assert report["converged"] is False and "the model misses the data" in report["reason"]
+    assert report["loss_ratio"] > 2.0 and report["search"] is None
+    assert fitted_error(observed) > 1.0
+    assert (observed / "fit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def sweep_files(observed):
+    """Noisy SMV frames sw_00001.img ... and an HDF5 stack of the noise-free ones, rendered by
+    ``jaxdiff --frames`` from frame 1's flags."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(observed)
+        status = simulate_cli.main(
+            [*FLAGS, *SWEEP, "--frames", str(SWEEP_FRAMES), "-noisefile", "sw_#####.img"]
+            + ["-floatfile", "sw_#####.bin", "-intfile", "swi_#####.img", "-seed", "9"]
+        )
+    assert status == 0
+    stack = [read_float_image(observed / f"sw_{k:05d}.bin", (96, 96)) for k in (1, 2, 3, 4)]
+    with h5py.File(observed / "sweep.h5", "w") as f:
+        f["entry/data/data"] = np.stack([np.zeros_like(stack[0]), *stack])
+    return observed
+
+
+def test_sweep_from_a_template_and_from_an_hdf5_stack(run, sweep_files, capsys):
+    folder = sweep_files
+    args = ("--observed", "sw_#####.img", "--frames", str(SWEEP_FRAMES), "--quiet")
+    assert run(*args, "--", *FLAGS, *SWEEP, *MISSET) == 0
+    assert "sweep of 4 frames sw_00001.img" in capsys.readouterr().out
+    assert fitted_error(folder) < TOLERANCE_DEG
+    report = json.loads((folder / "refine.json").read_text())
+    assert report["frames"] == [f"sw_{k:05d}.img" for k in (1, 2, 3, 4)]
+    assert report["orientation"] == "shared" and report["converged"] is True
+    assert len(report["fitted"]["scale"]) == SWEEP_FRAMES
+    # The frames after image 0 of the stack, to its end.
+    (folder / "refined.mat").unlink()
+    args = ("--observed", "sweep.h5", "--frame", "1", "--frames", "all", "--quiet")
+    assert run(*args, "--", *FLAGS, *SWEEP, *MISSET) == 0
+    assert fitted_error(folder) < 1e-4
+    report = json.loads((folder / "refine.json").read_text())
+    assert report["frames"] == [f"sweep.h5[{k}]" for k in (1, 2, 3, 4)]
 
 
 def test_options_can_be_mixed_with_the_model_flags():
@@ -157,6 +218,12 @@ def test_options_can_be_mixed_with_the_model_flags():
         (("--observed", "obs.h5", "--dataset", "nope"), "--dataset: obs.h5 has no dataset"),
         (("--observed", "obs.h5", "--dataset", "stack", "--frame", "2"), "--frame: obs.h5"),
         (("--observed", "fit.png"), "is a PNG"),
+        (("--observed", "obs.img", "--frames", "3"), "--frames: 3 frames need a '#' template"),
+        (("--observed", "obs_###.img", "--frames", "x"), "--frames: 'x' is not a number"),
+        (("--observed", "obs_###.img", "--frames", "all"), "--frames: 'all' is for an HDF5"),
+        (("--observed", "obs_###.img", "--frames", "2"), "obs_001.img: no such file"),
+        (("--observed", "obs.h5", "--dataset", "stack", "--frames", "3"), "--frames: obs.h5"),
+        (("--observed", "obs.img", "--search-radius", "-1"), "--search-radius: give 0 to 90"),
     ],
 )
 def test_bad_input_gives_one_message_and_status_2(run, observed, capsys, args, message):

@@ -1,14 +1,23 @@
-"""``jaxdiff-refine``: fit a model, given as nanoBragg flags, to an observed image.
+"""``jaxdiff-refine``: fit a model, given as nanoBragg flags, to an observed image or to the
+frames of a rotation sweep.
 
     jaxdiff-refine --observed IMAGE [options] -- NANOBRAGG FLAGS
+    jaxdiff-refine --observed 'obs_#####.img' --frames N [options] -- FLAGS OF FRAME 1
 
 The observed image is an SMV file (its ADC offset, nanoBragg's -adc, is subtracted and
 overloaded pixels are left out), a raw float32 file of photons with the detector size the flags
 give, or an HDF5 file (``--dataset``, default /entry/data/data as jaxdiff writes it, else the
-first image-sized dataset; ``--frame`` picks one image of a stack). The fit starts from the
-model the flags describe. It writes the fitted MOSFLM A matrix and a JSON report, prints a line
-per optimiser step, and can draw a PNG picture. A user's mistake prints one message and exits
-with status 2, writing nothing.
+first image-sized dataset; ``--frame`` picks one image of a stack). With ``--frames N`` the
+observation is a sweep of N frames of one crystal: files named by a '#' template (frame k is
+``obs_0000k.img``), or N images of an HDF5 stack from ``--frame`` on (``--frames all``: to the
+end of the stack). The flags describe frame 1 (-phi, -osc, -phisteps); frame k is rendered
+from φ0 + (k-1)·osc, and all frames share one orientation (each keeps its own scale).
+
+The fit starts with a global orientation search (``--search-radius``), then runs the
+coarse-to-fine schedule from the model the flags describe. It writes the fitted MOSFLM A matrix
+and a JSON report, prints a line per optimiser step and its verdict, and can draw a PNG
+picture. A user's mistake prints one message and exits with status 2, writing nothing; a fit
+that did not converge writes everything and exits with status 3.
 """
 
 from __future__ import annotations
@@ -50,6 +59,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="HDF5 dataset holding the image(s)")
     p.add_argument("--frame", type=int, default=0, help="image of an HDF5 stack (default 0)")
     p.add_argument(
+        "--frames",
+        default="1",
+        help="frames of a rotation sweep sharing one orientation: N (a '#' template in "
+        "--observed, or N images of an HDF5 stack), or 'all' images of an HDF5 stack",
+    )
+    p.add_argument(
+        "--search-radius",
+        type=float,
+        default=4.0,
+        help="degrees around the start the orientation search covers (0: no search)",
+    )
+    p.add_argument(
         "--adc",
         type=float,
         help="counts to subtract from the observed image (default: the flags' -adc, 40, for "
@@ -58,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fit",
         default="rotation,scale",
-        help="parameter groups, comma-separated: rotation, cell, ncells, scale, distance, "
+        help="parameter groups, comma-separated: rotation, cell, ncells, mosaic, scale, distance, "
         "beam_centre (default rotation,scale)",
     )
     p.add_argument("--loss", default="poisson", choices=("poisson", "lsq"))
@@ -108,7 +129,10 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
     return own, model
 
 
-def _hdf5_image(path: str, dataset: str | None, frame: int, shape: tuple[int, int]):
+def _hdf5_images(
+    path: str, dataset: str | None, frame: int, count: int | None, shape: tuple[int, int]
+) -> list[np.ndarray]:
+    """``count`` images from ``frame`` on (None: to the end of the stack)."""
     import h5py
 
     try:
@@ -139,44 +163,90 @@ def _hdf5_image(path: str, dataset: str | None, frame: int, shape: tuple[int, in
                     raise InputError(
                         f"--frame: {path}:{dataset} holds {data.shape[0]} images, no image {frame}"
                     )
-                return np.asarray(data[frame], dtype=np.float64)
+                count = data.shape[0] - frame if count is None else count
+                if frame + count > data.shape[0]:
+                    raise InputError(
+                        f"--frames: {path}:{dataset} holds {data.shape[0]} images, not "
+                        f"{count} from image {frame}"
+                    )
+                return [np.asarray(data[frame + k], dtype=np.float64) for k in range(count)]
             if data.ndim != 2:
                 raise InputError(f"{path}:{dataset}: expected an image, found shape {data.shape}")
-            return np.asarray(data[()], dtype=np.float64)
+            if count not in (None, 1):
+                raise InputError(f"--frames: {path}:{dataset} holds one image, not {count}")
+            return [np.asarray(data[()], dtype=np.float64)]
     except OSError as err:
         raise InputError(f"{path}: cannot read HDF5 ({err})") from None
 
 
-def read_observed(path: str, shape: tuple[int, int], args, adc_default: float):
-    """(photons per pixel, pixels to fit, format name, ADC offset subtracted) of the image."""
-    from jaxdiff.io import read_float_image, read_smv
+def _frame_count(text: str) -> int | None:
+    """--frames: a positive count, or None for 'all'."""
+    if text == "all":
+        return None
+    try:
+        count = int(text)
+    except ValueError:
+        raise InputError(f"--frames: {text!r} is not a number of frames or 'all'") from None
+    if count < 1:
+        raise InputError(f"--frames: need at least 1 frame, got {count}")
+    return count
 
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"--observed: {path}: no such file")
-    with open(p, "rb") as f:
-        head = f.read(8)
-    if head.startswith(b"{"):
-        _, counts = read_smv(p)
-        kind, adc, saturation = "smv", adc_default if args.adc is None else args.adc, True
-        image = counts.astype(np.float64)
-    elif head.startswith(_HDF5):
-        image = _hdf5_image(path, args.dataset, args.frame, shape)
-        kind, adc, saturation = "hdf5", args.adc or 0.0, False
-    elif head.startswith(_PNG):
-        raise InputError(f"--observed: {path} is a PNG; give SMV, raw float32 or HDF5")
+
+def read_observed(path: str, shape: tuple[int, int], args, adc_default: float):
+    """(photons per pixel, pixels to fit, format name, ADC offset subtracted, file names) of
+    each frame (lists): one image, the files of a '#' template, or images of an HDF5 stack."""
+    from jaxdiff.io import read_float_image, read_smv
+    from jaxdiff.io.frames import frame_paths, is_template
+
+    count = _frame_count(args.frames)
+    if is_template(path):
+        if count is None:
+            raise InputError("--frames: 'all' is for an HDF5 stack; give a number of frames")
+        try:
+            names = frame_paths(path, count)
+        except InputError as err:
+            raise InputError(f"--observed: {err}") from None
     else:
-        image = read_float_image(p, shape).astype(np.float64)
-        kind, adc, saturation = "float", args.adc or 0.0, False
-    if image.shape != shape:
-        raise InputError(
-            f"--observed: {path} has {image.shape[1]}x{image.shape[0]} pixels, but the flags "
-            f"describe a {shape[1]}x{shape[0]} detector"
-        )
-    use = np.isfinite(image)
-    if saturation:
-        use &= image < _SMV_SATURATION
-    return np.where(use, image - adc, 0.0), use, kind, adc
+        names = [path]
+    images, usable, labels, kind, adc = [], [], [], "", 0.0
+    for name in names:
+        p = Path(name)
+        if not p.is_file():
+            raise InputError(f"--observed: {name}: no such file")
+        with open(p, "rb") as f:
+            head = f.read(8)
+        if head.startswith(_HDF5):
+            found = _hdf5_images(name, args.dataset, args.frame, count, shape)
+            kind, adc, saturation = "hdf5", args.adc or 0.0, False
+            labels += [f"{name}[{args.frame + k}]" for k in range(len(found))]
+        else:
+            if count != len(names):
+                raise InputError(
+                    f"--frames: {count} frames need a '#' template (or an HDF5 stack) in "
+                    f"--observed, got {path}"
+                )
+            if head.startswith(b"{"):
+                _, counts = read_smv(p)
+                kind, adc, saturation = "smv", adc_default if args.adc is None else args.adc, True
+                found = [counts.astype(np.float64)]
+            elif head.startswith(_PNG):
+                raise InputError(f"--observed: {name} is a PNG; give SMV, raw float32 or HDF5")
+            else:
+                found = [read_float_image(p, shape).astype(np.float64)]
+                kind, adc, saturation = "float", args.adc or 0.0, False
+            labels.append(name)
+        for image in found:
+            if image.shape != shape:
+                raise InputError(
+                    f"--observed: {name} has {image.shape[1]}x{image.shape[0]} pixels, but the "
+                    f"flags describe a {shape[1]}x{shape[0]} detector"
+                )
+            use = np.isfinite(image)
+            if saturation:
+                use &= image < _SMV_SATURATION
+            images.append(np.where(use, image - adc, 0.0))
+            usable.append(use)
+    return images, usable, kind, adc, labels
 
 
 def _schedule(coarse: str, steps: int):
@@ -233,7 +303,7 @@ def run(argv: list[str]) -> int:
     aot.enable()
     from jaxdiff.experiment import build
     from jaxdiff.io import atomic_output
-    from jaxdiff.refine.driver import refine
+    from jaxdiff.refine.driver import DEFAULT_SEARCH, refine, sweep_models
     from jaxdiff.refine.params import GROUPS, misorientation
     from jaxdiff.simulate import simulate
 
@@ -248,6 +318,9 @@ def run(argv: list[str]) -> int:
     if args.loss == "poisson" and args.background == 0.0:
         raise InputError("--background: the Poisson loss needs a positive background")
     schedule = _schedule(args.coarse, args.steps)
+    _frame_count(args.frames)
+    if not 0.0 <= args.search_radius <= 90.0:
+        raise InputError(f"--search-radius: give 0 to 90 degrees, got {args.search_radius:g}")
     for path, flag in (
         (args.matrix, "--matrix"),
         (args.report, "--report"),
@@ -259,13 +332,21 @@ def run(argv: list[str]) -> int:
         raise InputError("no model: give the nanoBragg flags that describe it")
     setup = build((["--expt", args.expt] if args.expt else []) + flags)
     cfg = setup.config
-    observed, usable, kind, adc = read_observed(
+    observed, usable, kind, adc, names = read_observed(
         args.observed, (cfg.spixels, cfg.fpixels), args, setup.options.adc_offset
     )
+    frames = len(observed)
+    what = f"image {names[0]}" if frames == 1 else f"sweep of {frames} frames {names[0]} ..."
     print(
-        f"jaxdiff-refine: {kind} image {args.observed}, {cfg.spixels}x{cfg.fpixels} pixels; "
+        f"jaxdiff-refine: {kind} {what}, {cfg.spixels}x{cfg.fpixels} pixels; "
         f"fitting {', '.join(groups)} ({args.loss} loss, {len(schedule)} stages)"
     )
+    search = None
+    if args.search_radius > 0.0:
+        search = DEFAULT_SEARCH._replace(
+            radius_deg=args.search_radius,
+            step_deg=min(DEFAULT_SEARCH.step_deg, args.search_radius),
+        )
 
     def progress(info):
         if not args.quiet:
@@ -277,13 +358,15 @@ def run(argv: list[str]) -> int:
 
     try:
         result = refine(
-            setup,
-            observed,
+            sweep_models(setup, frames) if frames > 1 else setup,
+            observed if frames > 1 else observed[0],
             fit=groups,
+            orientation="shared" if frames > 1 else "per_image",
             loss=args.loss,
             background=args.background,
-            mask=usable,
+            mask=usable if frames > 1 else usable[0],
             schedule=schedule,
+            search=search,
             progress=progress,
         )
     except ValueError as err:
@@ -295,9 +378,26 @@ def run(argv: list[str]) -> int:
         f"done in {result.seconds:.1f} s: loss {result.initial_loss:.6g} -> "
         f"{result.final_loss:.6g}; orientation moved {math.degrees(turned):.4f} deg"
     )
+    verdict = "converged" if result.converged else "NOT CONVERGED"
+    print(f"{verdict}: {result.reason}")
     a = result.a_matrices[0]
     report = {
         "observed": str(args.observed),
+        "frames": names,
+        "orientation": "shared" if frames > 1 else "per_image",
+        "converged": result.converged,
+        "reason": result.reason,
+        "loss_ratio": result.loss_ratio,
+        "signal_ratios": result.signal_ratios.tolist(),
+        "search": None
+        if result.search is None
+        else {
+            "radius_deg": args.search_radius,
+            "spots": result.search.spots,
+            "start_score": result.search.start_score,
+            "best_score": result.search.best_score,
+            "moved_deg": math.degrees(float(np.max(np.linalg.norm(result.search.offset, axis=-1)))),
+        },
         "format": kind,
         "adc_offset": adc,
         "model_flags": flags,
@@ -305,7 +405,7 @@ def run(argv: list[str]) -> int:
         "loss": args.loss,
         "background": args.background,
         "schedule": [s._asdict() for s in schedule],
-        "pixels_fitted": int(np.sum(usable)),
+        "pixels_fitted": int(sum(np.sum(u) for u in usable)),
         "start": {"rotation_rad": start_rot.tolist()},
         "fitted": _listify(result.values),
         "rotation_change_deg": math.degrees(turned),
@@ -332,7 +432,7 @@ def run(argv: list[str]) -> int:
         model_start = np.asarray(simulate(setup.experiment, cfg))
         model_fit = np.asarray(simulate(fitted, result.configs[0]))
         picture = fit_picture(
-            result.history, result.stages, observed, model_start, model_fit, mask=usable
+            result.history, result.stages, observed[0], model_start, model_fit, mask=usable[0]
         )
     with atomic_output(args.matrix) as tmp:
         tmp.write_text(matrix_text(a))
@@ -349,7 +449,7 @@ def run(argv: list[str]) -> int:
 
         write_png(args.picture, picture)
         print(f"wrote {args.picture}")
-    return 0
+    return 0 if result.converged else 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -361,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"jaxdiff-refine: error: {err}", file=sys.stderr)
         return 2
-    if status == 0:
+    if status in (0, 3):
         print(f"total {time.perf_counter() - start:.1f} s")
     return status
 
