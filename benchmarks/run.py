@@ -162,6 +162,12 @@ def main() -> int:
     parser.add_argument("--worker", nargs=2, metavar=("PROBLEM", "DTYPE"))
     parser.add_argument("--grad", action="store_true")
     parser.add_argument("--output", default=str(HERE / "RESULTS.md"))
+    parser.add_argument(
+        "--extras",
+        nargs="*",
+        default=["noise", "datasets", "gradients"],
+        help="whole-process and gradient benchmarks to add (noise, datasets, gradients)",
+    )
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(*args.worker, args.repeats, args.grad)))
@@ -195,9 +201,64 @@ def main() -> int:
             warm = statistics.median(cli_time(problem, cache, 3))
             cli_rows.append((problem, cold, warm, c_ref))
             print(problem, "cli cold", cold, "warm", warm, flush=True)
-    Path(args.output).write_text(_report(machine, rows, cli_rows, args))
+    extras = run_extras(args.extras, args.c_binary, args.repeats)
+    Path(args.output).write_text(_report(machine, rows, cli_rows, args) + _extras_report(extras))
     print(f"wrote {args.output}")
     return 0
+
+
+def run_extras(names: list[str], c_binary: str | None, repeats: int) -> dict:
+    """The default path's figures from the other scripts here, measured in this run."""
+    sys.path.insert(0, str(HERE))
+    out = {}
+    for name in names:
+        module = __import__(name)
+        if name == "noise":
+            out[name] = module.measure(repeats)
+        elif name == "datasets":
+            out[name] = module.measure(c_binary, repeats)
+        else:
+            out[name] = module.measure(repeats)
+        print(name, json.dumps(out[name], default=str), flush=True)
+    return out
+
+
+def _extras_report(extras: dict) -> str:
+    lines = []
+
+    def add(name, measured, met):
+        lines.append(f"| {name} | {measured} | {'met' if met else 'missed'} |")
+
+    if extras:
+        lines += ["", "Default path, datasets and gradients (same run):", ""]
+        lines += ["| target | measured | status |", "|---|---|---|"]
+    if (n := extras.get("noise")) is not None:
+        add(
+            "-noisefile ≤ 1.25× the time without, whole process, 2048²",
+            f"{n['cli_ratio']:.2f}× ({n['cli_noise_s']:.2f} s / {n['cli_nonoise_s']:.2f} s); "
+            f"noise of a 2463×2527 frame {n['noise_pilatus_s']:.2f} s",
+            n["cli_ratio"] <= 1.25,
+        )
+    if (d := extras.get("datasets")) is not None and "frames_speedup" in d:
+        add(
+            f"{d['frames']} frames of 512×480 (--frames) faster than {d['frames']} C runs",
+            f"{d['frames_speedup']:.2f}× (jaxdiff {d['jaxdiff_frames_s']:.2f} s, cold "
+            f"{d['jaxdiff_frames_cold_s']:.2f} s; C {d['c_frames_s']:.2f} s)",
+            d["frames_speedup"] > 1.0,
+        )
+        add(
+            f"{d['lines']} 1024² command lines (--commands) ≥ 2× faster than {d['lines']} C runs",
+            f"{d['commands_speedup']:.2f}× (jaxdiff {d['jaxdiff_commands_s']:.2f} s, cold "
+            f"{d['jaxdiff_commands_cold_s']:.2f} s; C {d['c_commands_s']:.2f} s)",
+            d["commands_speedup"] >= 2.0,
+        )
+    for row in (extras.get("gradients") or {}).get("rows", []):
+        add(
+            f"forward + gradient ≤ 3× forward: {row['name']}",
+            f"{row['ratio']:.2f}×",
+            row["ratio"] <= 3.0,
+        )
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
 def _report(machine, rows, cli_rows, args) -> str:
