@@ -120,6 +120,7 @@ class Options:
     hdf5: str | None = None
     frames: int = 1
     expt: str | None = None
+    trace_panel: int | None = None
     given: set = dataclasses.field(default_factory=set)
 
 
@@ -135,20 +136,25 @@ def _has_len(name: str, length: int) -> Callable[[str], bool]:
     return lambda arg: name in arg and len(arg) == length
 
 
-def _number(flag: str, text: str) -> float:
+def _parsed(flag: str, text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise InputError(f"{flag}: expected a number, got {text!r}") from None
     if math.isnan(value):
         raise InputError(f"{flag}: expected a number, got {text!r}")
+    return value
+
+
+def _number(flag: str, text: str) -> float:
+    value = _parsed(flag, text)
     if math.isinf(value):
         raise InputError(f"{flag}: expected a finite number, got {text!r}")
     return value
 
 
 def _integer(flag: str, text: str) -> int:
-    value = _number(flag, text)
+    value = _parsed(flag, text)
     if not math.isfinite(value) or value != int(value):
         raise InputError(f"{flag}: expected a whole number, got {text!r}")
     return int(value)
@@ -504,6 +510,13 @@ def _frame_count(flag: str, text: str) -> int:
     return count
 
 
+def _panel_index(flag: str, text: str) -> int:
+    index = _integer(flag, text)
+    if index < 0:
+        raise InputError(f"{flag}: a panel number counts from 0, got {text}")
+    return index
+
+
 # jaxdiff's own options: attribute, and the allowed values (a tuple), a converter, or None
 LONG_OPTIONS = {
     "--phi-carryover-mode": ("carryover", ("spec", "c-parity")),
@@ -511,6 +524,7 @@ LONG_OPTIONS = {
     "--hdf5": ("hdf5", None),
     "--expt": ("expt", None),
     "--frames": ("frames", _frame_count),
+    "--trace-panel": ("trace_panel", _panel_index),
 }
 
 
