@@ -50,6 +50,7 @@ jaxdiff      --frames N              N oscillation frames: frame k starts at phi
              --hdf5 FILE             also write an NXmx (NeXus) file with the model
              --dtype float64|float32 float64 (default) is the reference path
              --phi-carryover-mode spec|c-parity
+             --trace-panel P         the panel of -trace_pixel on a multi-panel detector
              --commands FILE         one command line per line of FILE (# comments)
              -h, --help              this summary
 
@@ -203,6 +204,8 @@ def render_job(setup):
 
     o, cfg = setup.options, setup.config
     check_size(setup)
+    panels = setup.experiment.detector.panels
+    _check_trace_panel(o, panels)
     frames = o.frames
     names = {
         "float": _frame_names(o.floatfile, frames),
@@ -225,15 +228,16 @@ def render_job(setup):
     def dispatch(k):
         return aot.call("simulate", simulate, {"cfg": cfg}, experiments[k])
 
-    roi_mask = cfg.roi_mask()
-    rendered = roi_mask & (np.asarray(setup.experiment.mask) != 0)
+    # a multi-panel image is handled as its panels stacked along slow: (panel · slow, fast)
+    roi_mask = np.tile(cfg.roi_mask(), (max(panels, 1), 1))
+    rendered = roi_mask & (np.asarray(setup.experiment.mask).reshape(roi_mask.shape) != 0)
     base_seed = o.seed if o.seed is not None else -int(time.time())
     keep = {"float": [], "int": [], "noise": []}
     start = time.perf_counter()
     pending = dispatch(0)
     yield
     for k in range(frames):
-        image = np.asarray(pending).astype(np.float32)
+        image = np.asarray(pending).astype(np.float32).reshape(roi_mask.shape)
         if k + 1 < frames:  # the next frame renders while this one is written
             pending = dispatch(k + 1)
         if frames > 1:
@@ -246,43 +250,86 @@ def render_job(setup):
         if k == 0 and o.trace_pixel is not None:
             from jaxdiff.trace import trace_lines
 
-            print("\n".join(trace_lines(setup, *o.trace_pixel)))
+            print("\n".join(trace_lines(setup, *o.trace_pixel, panel=o.trace_panel)))
 
         max_i, where, avg, rms, rmsd = _stats(image, rendered, roi_mask)
         # C reports the position of the maximum pixel's last sub-pixel, in metres
-        sub = float(setup.experiment.detector.pixel_size) / cfg.oversample
+        panel, row = divmod(int(where[0]), cfg.spixels)
+        sub = float(np.ravel(setup.experiment.detector.pixel_size)[panel]) / cfg.oversample
         last = cfg.oversample - 0.5
-        at = (sub * (where[1] * cfg.oversample + last), sub * (where[0] * cfg.oversample + last))
+        at = (sub * (where[1] * cfg.oversample + last), sub * (row * cfg.oversample + last))
         print(
             f"max_I = {fmt_g(max_i)}  at {fmt_g(at[0])} {fmt_g(at[1])} "
-            f"(pixel slow {where[0]}, fast {where[1]})"
+            f"({f'panel {panel}, ' if panels else ''}pixel slow {row}, fast {where[1]})"
         )
         print(f"mean= {fmt_g(avg)} rms= {fmt_g(rms)} rmsd= {fmt_g(rmsd)}")
 
-        lines = _header_lines(setup.header, phis[k])
         write_float_image(names["float"][k], image)
         print(f"wrote {names['float'][k]}")
         scale = o.intfile_scale if o.intfile_scale > 0.0 else auto_int_scale(max_i)
         int_image = to_int_image(image, scale, o.adc_offset, roi_mask)
-        write_smv(names["int"][k], int_image, lines)
+        for name, part, header in _panel_parts(names["int"][k], int_image, setup):
+            write_smv(name, part, _header_lines(header, phis[k]))
         print(f"intfile_scale = {fmt_g(scale)}")
-        print(f"wrote {names['int'][k]}")
+        print(f"wrote {_written(names['int'][k], panels)}")
         if o.write_pgm:
             pgm_scale = o.pgm_scale if o.pgm_scale > 0.0 else auto_pgm_scale(rmsd, scale)
-            write_pgm(names["pgm"][k], image, pgm_scale, roi_mask)
-            print(f"wrote {names['pgm'][k]}")
+            for name, part, _ in _panel_parts(names["pgm"][k], image, setup):
+                write_pgm(name, part, pgm_scale, cfg.roi_mask())
+            print(f"wrote {_written(names['pgm'][k], panels)}")
         noisy = None
         if o.calculate_noise:
             noisy, photons, overloads = noise_image(image, base_seed - k, o.adc_offset, roi_mask)
-            write_smv(names["noise"][k], noisy, lines)
+            for name, part, header in _panel_parts(names["noise"][k], noisy, setup):
+                write_smv(name, part, _header_lines(header, phis[k]))
             print(f"{photons:.0f} photons on noise image ({overloads} overloads)")
-            print(f"wrote {names['noise'][k]}")
+            print(f"wrote {_written(names['noise'][k], panels)}")
         if o.hdf5:
-            keep["float"].append(image)
-            keep["int"].append(int_image)
-            keep["noise"].append(noisy)
+            shape = setup.experiment.detector.shape
+            keep["float"].append(image.reshape(shape))
+            keep["int"].append(int_image.reshape(shape))
+            keep["noise"].append(None if noisy is None else noisy.reshape(shape))
     if o.hdf5:
         _write_hdf5(o.hdf5, keep, experiments, setup, osc)
+
+
+def _check_trace_panel(o, panels: int) -> None:
+    """-trace_pixel on a multi-panel detector needs --trace-panel, which must name a panel."""
+    count = max(panels, 1)
+    if o.trace_panel is not None:
+        if o.trace_pixel is None:
+            raise InputError("--trace-panel: it names the panel of -trace_pixel S F, not given")
+        if o.trace_panel >= count:
+            raise InputError(
+                f"--trace-panel: panel {o.trace_panel} outside 0..{count - 1} (the detector's "
+                f"{count} panel{'s' if count > 1 else ''})"
+            )
+    elif panels and o.trace_pixel is not None:
+        raise InputError(
+            f"-trace_pixel: the detector has {panels} panels; say which with --trace-panel P"
+        )
+
+
+def panel_file(name: str, panel: int, panels: int) -> str:
+    """The file of one panel's image: ``_panelP`` (zero-padded) before the extension."""
+    path = Path(name)
+    return str(path.with_name(f"{path.stem}_panel{panel:0{len(str(panels - 1))}d}{path.suffix}"))
+
+
+def _panel_parts(name: str, image: np.ndarray, setup):
+    """(file name, image, SMV header values) of each panel of a stacked image; the image and
+    ``name`` themselves for a single panel."""
+    panels = setup.experiment.detector.panels
+    if not panels:
+        return [(name, image, setup.header)]
+    parts = image.reshape(panels, -1, image.shape[-1])
+    return [(panel_file(name, p, panels), parts[p], setup.panel_headers[p]) for p in range(panels)]
+
+
+def _written(name: str, panels: int) -> str:
+    if not panels:
+        return name
+    return f"{panel_file(name, 0, panels)} .. {panel_file(name, panels - 1, panels)}"
 
 
 def _write_hdf5(path: str, keep: dict, experiments: list, setup, osc: float) -> None:

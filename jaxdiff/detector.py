@@ -60,9 +60,13 @@ class Detector:
         image_size: (fast, slow) pixel counts (static) [-detpixels].
         pivot: "beam" or "sample" (static): what stays fixed when the detector rotates, and
             what ``beam_f``/``beam_s`` locate [-pivot].
+        panels: 0 for one panel (nanoBragg's detector: the leaves as above), or the number of
+            panels P of a multi-panel detector, whose every leaf has a leading panel axis P
+            (static). All panels share ``image_size`` and ``pivot``.
 
     Build one with :meth:`from_vectors` (dxtbx's panel frame) or :meth:`from_convention`
-    (nanoBragg's conventions and beam centre), or field by field.
+    (nanoBragg's conventions and beam centre), or field by field; a multi-panel detector with
+    :meth:`from_panels`.
     """
 
     fast_axis: Array
@@ -80,6 +84,7 @@ class Detector:
     mu: Array
     image_size: tuple[int, int] = _static()
     pivot: str = _static()
+    panels: int = _static(default=0)
 
     def __post_init__(self):
         if self.pivot not in PIVOTS:
@@ -88,6 +93,68 @@ class Detector:
         if len(size) != 2 or min(size) <= 0:
             raise ValueError(f"image_size must be two positive pixel counts, got {size}")
         object.__setattr__(self, "image_size", size)
+        if int(self.panels) < 0:
+            raise ValueError(f"panels must be 0 (one panel) or a panel count, not {self.panels}")
+        object.__setattr__(self, "panels", int(self.panels))
+
+    @property
+    def panel_count(self) -> int:
+        """How many panels the detector has (1 for a single panel)."""
+        return self.panels or 1
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The image's shape: (slow, fast) for one panel, (panel, slow, fast) for several."""
+        fast, slow = self.image_size
+        return (self.panels, slow, fast) if self.panels else (slow, fast)
+
+    def panel(self, index: int) -> Detector:
+        """Panel ``index`` of a multi-panel detector as a single-panel :class:`Detector`."""
+        if not self.panels:
+            raise ValueError("panel(): a single-panel detector has no panel axis")
+        if not 0 <= index < self.panels:
+            raise ValueError(f"panel index {index} outside 0..{self.panels - 1}")
+        leaves = {f.name: getattr(self, f.name)[index] for f in _leaf_fields()}
+        return Detector(**leaves, image_size=self.image_size, pivot=self.pivot)
+
+    def unstacked(self) -> Detector:
+        """The same leaves (with their panel axis) marked as one panel: what a map over the
+        panel axis hands to single-panel code, one panel at a time."""
+        return dataclasses.replace(self, panels=0)
+
+    @classmethod
+    def from_panels(cls, panels: Sequence[Detector]) -> Detector:
+        """A multi-panel detector from single-panel ones (e.g. :meth:`from_vectors` each):
+        every leaf stacked along a leading panel axis.
+
+        Raises:
+            ValueError: no panels, a panel that is itself multi-panel, or panels that differ
+                in image size or pivot.
+        """
+        panels = list(panels)
+        if not panels:
+            raise ValueError("from_panels: no panels")
+        first = panels[0]
+        for i, p in enumerate(panels):
+            if p.panels:
+                raise ValueError(f"from_panels: panel {i} is itself a multi-panel detector")
+            if p.image_size != first.image_size:
+                raise ValueError(
+                    f"from_panels: panel {i} is {p.image_size[0]}x{p.image_size[1]} pixels, "
+                    f"panel 0 {first.image_size[0]}x{first.image_size[1]}; jaxdiff's panels "
+                    "share one image size"
+                )
+            if p.pivot != first.pivot:
+                raise ValueError(
+                    f"from_panels: panel {i} pivots about the {p.pivot}, panel 0 "
+                    f"about the {first.pivot}"
+                )
+        leaves = {}
+        for f in _leaf_fields():
+            values = [getattr(p, f.name) for p in panels]
+            xp = np if all(isinstance(v, np.ndarray) for v in values) else jnp
+            leaves[f.name] = xp.stack(values)
+        return cls(**leaves, image_size=first.image_size, pivot=first.pivot, panels=len(panels))
 
     @classmethod
     def from_vectors(
@@ -216,6 +283,10 @@ class Detector:
         )
 
 
+def _leaf_fields():
+    return [f for f in dataclasses.fields(Detector) if not f.metadata.get("static")]
+
+
 def _unit_np(v) -> np.ndarray:
     v = np.asarray(v, dtype=float)
     mag = math.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2])
@@ -319,6 +390,17 @@ def detector_geometry(
         pix0 = -det.beam_f * fast - det.beam_s * slow + distance * beam_direction
     close = jnp.dot(pix0, normal)
     return DetectorGeometry(fast, slow, normal, pix0, close, close / ratio)
+
+
+def panel_geometries(
+    det: Detector, beam_direction: Array, pivot_sample: bool | None = None
+) -> DetectorGeometry:
+    """:func:`detector_geometry` of every panel: each field with a leading panel axis (of
+    length 1 for a single-panel detector)."""
+    if not det.panels:
+        geom = detector_geometry(det, beam_direction, pivot_sample)
+        return DetectorGeometry(*(jnp.asarray(x)[None] for x in geom))
+    return jax.vmap(lambda d: detector_geometry(d, beam_direction, pivot_sample))(det.unstacked())
 
 
 def subpixel_index(oversample: int) -> Array:

@@ -7,6 +7,7 @@ the same pytrees the library uses, so the command line and the library render th
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -34,7 +35,7 @@ from jaxdiff.io import (
     write_fdump,
 )
 from jaxdiff.io.dials import DialsExperiment, read_experiment
-from jaxdiff.simulate import Experiment
+from jaxdiff.simulate import Experiment, shape_text
 from jaxdiff.simulate import steps as nanobragg_steps
 
 FDUMP = "Fdump.bin"
@@ -51,7 +52,8 @@ _cell_vectors = jax.jit(xtal.cell_vectors, static_argnames="from_cell")
 class Setup:
     """A fully resolved run: the pytrees, the static configuration, and what the C program
     reports or writes besides the image (header values, output names), the -hkl table to cache
-    in Fdump.bin, and the --expt experiment it started from (to write a fit back into)."""
+    in Fdump.bin, and the --expt experiment it started from (to write a fit back into); for a
+    multi-panel detector, each panel's SMV header values (``header`` is panel 0's)."""
 
     experiment: Experiment
     config: SimConfig
@@ -61,6 +63,7 @@ class Setup:
     hkl_count: int
     hkl_table: HKLGrid | None = None
     expt: DialsExperiment | None = None
+    panel_headers: tuple[dict, ...] = ()
 
     def write_fdump(self, folder: str | os.PathLike = ".") -> None:
         """Write the -hkl table to ``Fdump.bin`` in ``folder``, as the C program does (nothing
@@ -190,15 +193,71 @@ def load_options(
         mask = _apply_header(base, _at(folder, first.maskfile), mask=True)
     if first.imgfile:
         _apply_header(base, _at(folder, first.imgfile), mask=False)
+    from_file = copy.deepcopy(base)
     o = parse(argv, base)
+    if expt is not None and len(expt.panels) > 1:
+        _keep_panels(o, from_file, expt)
     for attr in ("matfile", "hklfile", "imgfile", "maskfile", "stolfile", "sourcefile", "expt"):
         setattr(o, attr, _at(folder, getattr(o, attr)))
     return o, mask, expt
 
 
+# Flags that place or size a single-panel detector (by the Options attribute they set), in
+# the order they are named when several are given.
+_PANEL_FLAGS = {
+    "beam": "-beam_vector",
+    "fdet": "-fdet_vector",
+    "sdet": "-sdet_vector",
+    "odet": "-odet_vector",
+    "distance": "-distance",
+    "close_distance": "-close_distance",
+    "Xbeam": "-Xbeam",
+    "Ybeam": "-Ybeam",
+    "Xclose": "-Xclose",
+    "Yclose": "-Yclose",
+    "ORGX": "-ORGX",
+    "ORGY": "-ORGY",
+    "detector_rot": "-detector_rotx/y/z",
+    "twotheta": "-twotheta",
+    "twotheta_axis": "-twotheta_axis",
+    "pixel_size": "-pixel",
+    "fpixels": "-detpixels",
+    "spixels": "-detpixels",
+    "detsize_f": "-detsize",
+    "detsize_s": "-detsize",
+    "curved": "-curved_det",
+    "maskfile": "-mask",
+    "imgfile": "-img",
+    # last: the flags above that place the detector set the pivot too
+    "convention": "-mosflm/-xds/-adxv/-denzo/-dials",
+    "pivot": "-pivot",
+}
+
+
+def _keep_panels(o: Options, from_file: Options, expt: DialsExperiment) -> None:
+    """A multi-panel --expt detector is the file's: flags that would move or resize one panel
+    are refused, naming the flag, and so is c-parity φ carryover."""
+
+    def same(a, b):
+        return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
+
+    for attr, flag in _PANEL_FLAGS.items():
+        if not same(getattr(o, attr), getattr(from_file, attr)):
+            raise InputError(
+                f"{flag}: the --expt file's detector has {len(expt.panels)} panels, whose "
+                "geometry is the file's; this flag places a single panel"
+            )
+    if o.carryover == "c-parity":
+        raise InputError(
+            "--phi-carryover-mode: c-parity is the single-panel C program's run-wide state; "
+            f"the --expt file's {len(expt.panels)}-panel detector renders in spec mode"
+        )
+
+
 def _apply_experiment(o: Options, expt: DialsExperiment) -> None:
-    """Options as the --expt file's beam, detector, goniometer and scan set them."""
-    det = expt.detector()
+    """Options as the --expt file's beam, detector (panel 0 of several), goniometer and scan
+    set them."""
+    det = expt.panels[0].detector() if len(expt.panels) > 1 else expt.detector()
     beam_dir = expt.beam_direction
     ratio = float(np.dot(beam_dir, np.asarray(det.normal)))
     if ratio <= 0.0:
@@ -254,15 +313,13 @@ def assemble(
         default_F: structure factor of reflections not in ``table``.
         table: structure factors (:func:`jaxdiff.io.read_hkl`), or None for ``default_F``
             everywhere.
-        mask: (slow, fast) nonzero where a pixel is rendered; all pixels by default.
+        mask: (slow, fast) nonzero where a pixel is rendered, (panel, slow, fast) for a
+            multi-panel detector; all pixels by default.
     """
-    fpixels, spixels = detector.image_size
-    shape = (spixels, fpixels)
+    shape = detector.shape
     rendered = np.ones(shape) if mask is None else (np.asarray(mask) != 0).astype(np.float64)
     if rendered.shape != shape:
-        raise ValueError(
-            f"mask is {rendered.shape[1]}x{rendered.shape[0]}, the detector {fpixels}x{spixels}"
-        )
+        raise ValueError(f"mask is {shape_text(rendered.shape)}, the detector {shape_text(shape)}")
     return Experiment(
         beam=beam,
         crystal=crystal,
@@ -381,6 +438,9 @@ def _resolve(o: Options, mask_data, expt: DialsExperiment | None, cwd: Path) -> 
         int(math.ceil(3.0 * xtalsize / (o.lambda0 * float(geom.distance) / o.pixel_size))), 1
     )
     mask = _mask(o, mask_data, det)
+    panel_headers = ()
+    if expt is not None and len(expt.panels) > 1:
+        det, mask, panel_headers = _panels(o, n, expt, beam_dir, _centre(o))
     exp = _on_device(assemble(beam, cryst, det, default_F=o.default_F, table=grid, mask=mask))
     cfg = config_for(
         exp,
@@ -406,7 +466,40 @@ def _resolve(o: Options, mask_data, expt: DialsExperiment | None, cwd: Path) -> 
     steps = nanobragg_steps(exp, cfg)
     centre = _centre(o)
     header = _header_values(o, geom, beam_dir, centre, n["phi"][0], fpixels, spixels, expt)
-    return Setup(exp, cfg, o, header, steps, hkl_count, grid if o.hklfile else None, expt)
+    return Setup(
+        exp, cfg, o, header, steps, hkl_count, grid if o.hklfile else None, expt, panel_headers
+    )
+
+
+def _panels(o: Options, n: dict, expt: DialsExperiment, beam_dir, centre):
+    """The --expt file's multi-panel detector (with the flags' sensor layers), its mask (every
+    pixel rendered) and each panel's SMV header values."""
+    panels = []
+    for p in expt.panels:
+        panels.append(
+            Detector.from_vectors(
+                p.fast_axis,
+                p.slow_axis,
+                p.origin,
+                p.pixel_size,
+                p.image_size,
+                layer_thickness=n["thick"][1],
+                mu=n["mu"],
+            )
+        )
+    try:
+        det = Detector.from_panels(panels)
+    except ValueError as err:
+        raise InputError(f"--expt {expt.path}: {err}") from None
+    fpixels, spixels = det.image_size
+    headers = []
+    for p in panels:
+        geom = detector_geometry(p, beam_dir)
+        where = centre._replace(xbeam=float(p.beam_f), ybeam=float(p.beam_s))
+        headers.append(
+            _header_values(o, geom, beam_dir, where, n["phi"][0], fpixels, spixels, expt)
+        )
+    return det, np.ones(det.shape), tuple(headers)
 
 
 def _detector_pixels(o: Options) -> tuple[int, int]:

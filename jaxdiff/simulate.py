@@ -45,7 +45,8 @@ class Experiment:
             in each axis, as nanoBragg's), or a (1, 1, 1) placeholder without a table.
         default_F: structure factor of reflections not in the table.
         mask: (slow, fast) 1.0 where a pixel is rendered, 0.0 where it is skipped (floating, so
-            that a gradient with respect to the whole experiment exists).
+            that a gradient with respect to the whole experiment exists); (panel, slow, fast)
+            for a multi-panel detector.
     """
 
     beam: Beam
@@ -56,18 +57,31 @@ class Experiment:
     mask: Array
 
 
+def shape_text(shape) -> str:
+    """An image shape as fast x slow pixels (and the panel count, for several panels)."""
+    if len(shape) == 2:
+        return f"{shape[1]}x{shape[0]}"
+    return f"{shape[0]} panels of " + shape_text(shape[1:]) if len(shape) == 3 else str(shape)
+
+
 def check_config(exp: Experiment, cfg: SimConfig) -> None:
     """Raise ValueError where ``cfg`` disagrees with what the models fix: the detector's size
-    and pivot, the mask's shape and how the crystal is defined (checked while tracing)."""
+    and pivot, the mask's shape and how the crystal is defined (checked while tracing); and
+    for a multi-panel detector, c-parity φ carryover (a single-panel run's sequential state)."""
     fpixels, spixels = exp.detector.image_size
     problems = []
     if (cfg.spixels, cfg.fpixels) != (spixels, fpixels):
         problems.append(
             f"config is {cfg.fpixels}x{cfg.spixels} pixels, the detector {fpixels}x{spixels}"
         )
-    if tuple(exp.mask.shape) != (spixels, fpixels):
+    if tuple(exp.mask.shape) != exp.detector.shape:
         problems.append(
-            f"mask is {exp.mask.shape[1]}x{exp.mask.shape[0]}, the detector {fpixels}x{spixels}"
+            f"mask is {shape_text(exp.mask.shape)}, the detector {shape_text(exp.detector.shape)}"
+        )
+    if exp.detector.panels and cfg.carryover == "c-parity":
+        problems.append(
+            "c-parity φ carryover is the single-panel C program's run-wide state; "
+            f"a {exp.detector.panels}-panel detector renders in spec mode only"
         )
     if cfg.pivot_sample != (exp.detector.pivot == "sample"):
         problems.append(
@@ -257,13 +271,29 @@ def tricubic_cutoff(sh: RunInputs, exp: Experiment, cfg: SimConfig, spix, fpix, 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def simulate(exp: Experiment, cfg: SimConfig) -> Array:
-    """Render the float image (slow, fast) in photons per pixel, as nanoBragg's -floatfile.
+    """Render the float image (slow, fast) in photons per pixel, as nanoBragg's -floatfile;
+    (panel, slow, fast) for a multi-panel detector.
 
     The run's dtype (``cfg.dtype``) is used for the per-evaluation work; detector geometry and
     scattering vectors are formed in the widest precision of the experiment's leaves
-    (:func:`run_inputs`). ``cfg`` must match the models (:func:`check_config`).
+    (:func:`run_inputs`). ``cfg`` must match the models (:func:`check_config`). The panels of
+    a multi-panel detector are rendered one after another (``lax.map``, so memory is that of
+    one panel), each as a single-panel detector with its own mask; ``cfg``'s ROI applies to
+    every panel, and the tricubic switch-off is each panel's own.
     """
     check_config(exp, cfg)
+    if not exp.detector.panels:
+        return _render(exp, cfg)
+
+    def one(panel):
+        det, mask = panel
+        return _render(dataclasses.replace(exp, detector=det, mask=mask), cfg)
+
+    return jax.lax.map(one, (exp.detector.unstacked(), exp.mask))
+
+
+def _render(exp: Experiment, cfg: SimConfig) -> Array:
+    """The image of a single-panel experiment."""
     dtype = jnp.dtype(cfg.dtype)
     sh, exp = run_inputs(exp, cfg)
     spix, fpix, rendered = roi_pixels(exp, cfg)

@@ -112,8 +112,30 @@ def _kernel_config(cfg: SimConfig) -> SimConfig:
     return dataclasses.replace(cfg, spixels=1, fpixels=1, roi=(0, 0, 0, 0), chunk=1)
 
 
-def trace_pixel(exp: Experiment, cfg: SimConfig, spixel, fpixel) -> dict[str, Array]:
-    """The C program's trace quantities for pixel (``spixel``, ``fpixel``) as arrays.
+def select_panel(exp: Experiment, panel: int | None) -> Experiment:
+    """The single-panel experiment of panel ``panel`` of a multi-panel detector (``exp``
+    itself for a single panel, where ``panel`` must be None or 0).
+
+    Raises:
+        ValueError: a multi-panel detector without ``panel``, or ``panel`` out of range.
+    """
+    det = exp.detector
+    if not det.panels:
+        if panel not in (None, 0):
+            raise ValueError(f"panel {panel}: the detector has one panel (panel 0)")
+        return exp
+    if panel is None:
+        raise ValueError(f"the detector has {det.panels} panels: say which panel to trace")
+    if not 0 <= int(panel) < det.panels:
+        raise ValueError(f"panel {panel} outside 0..{det.panels - 1} (the detector's panels)")
+    return dataclasses.replace(exp, detector=det.panel(int(panel)), mask=exp.mask[int(panel)])
+
+
+def trace_pixel(
+    exp: Experiment, cfg: SimConfig, spixel, fpixel, panel: int | None = None
+) -> dict[str, Array]:
+    """The C program's trace quantities for pixel (``spixel``, ``fpixel``) as arrays; of
+    panel ``panel`` for a multi-panel detector (:func:`select_panel`).
 
     Axes: L sensor layers, S sub-pixels (slow-major), X sources, Φ φ steps, M mosaic domains,
     in nanoBragg's loop order. Lengths in m unless the name says Å; angles in degrees.
@@ -141,6 +163,7 @@ def trace_pixel(exp: Experiment, cfg: SimConfig, spixel, fpixel) -> dict[str, Ar
     Differentiable with respect to the floating-point leaves of ``exp`` (the discrete choices,
     which pixel is fresh and where tricubic interpolation switches off, carry no gradient).
     """
+    exp = select_panel(exp, panel)
     first, tri_limit = _context(exp, cfg, spixel, fpixel)
     spixel, fpixel = jnp.asarray(spixel), jnp.asarray(fpixel)
     render_map = jnp.asarray(cfg.roi_mask()) & (exp.mask != 0)
@@ -595,10 +618,17 @@ def _source2_lines(r: dict, cfg: SimConfig, ev: tuple, prefix: str) -> list[str]
     return out
 
 
-def trace_lines(setup, spixel: int, fpixel: int, prefix: str = PREFIX) -> list[str]:
+def trace_lines(
+    setup, spixel: int, fpixel: int, prefix: str = PREFIX, panel: int | None = None
+) -> list[str]:
     """All trace lines of pixel (``spixel``, ``fpixel``) for a resolved run (set-up, then the
-    pixel), as the C program prints them with ``-trace_pixel spixel fpixel``."""
-    record = trace_pixel(setup.experiment, setup.config, spixel, fpixel)
+    pixel), as the C program prints them with ``-trace_pixel spixel fpixel``; of panel
+    ``panel`` for a multi-panel detector (the set-up lines are that panel's)."""
+    record = trace_pixel(setup.experiment, setup.config, spixel, fpixel, panel)
+    if setup.experiment.detector.panels:
+        one = select_panel(setup.experiment, panel)
+        setup = dataclasses.replace(setup, experiment=one)
     lines = setup_lines(setup, prefix)
-    lines.append(f"TRACE_CONFIG: tracing pixel (spixel={spixel}, fpixel={fpixel})")
+    where = "" if panel is None else f"panel={panel}, "
+    lines.append(f"TRACE_CONFIG: tracing pixel ({where}spixel={spixel}, fpixel={fpixel})")
     return lines + pixel_lines(record, setup.config, prefix)

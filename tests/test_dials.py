@@ -258,13 +258,16 @@ def _edit(path, tmp_path, change) -> str:
 def test_bad_files_are_refused(still, tmp_path):
     path, _ = still
 
-    def two_panels(doc):
-        doc["detector"][0]["panels"].append(doc["detector"][0]["panels"][0])
+    def two_sizes(doc):
+        panel = dict(doc["detector"][0]["panels"][0], image_size=[10, 12])
+        doc["detector"][0]["panels"].append(panel)
 
-    with pytest.raises(InputError, match="2 panels"):
-        read_experiments(_edit(path, tmp_path, two_panels))
-    with pytest.raises(InputError, match="2 panels"):
-        build(["--expt", _edit(path, tmp_path, two_panels), *FLAGS])
+    edited = _edit(path, tmp_path, two_sizes)
+    assert len(read_experiments(edited)[0].panels) == 2
+    with pytest.raises(InputError, match="share one image size"):
+        read_experiments(edited)[0].detector()
+    with pytest.raises(InputError, match="share one image size"):
+        build(["--expt", edited, *FLAGS])
 
     def rectangular(doc):
         doc["detector"][0]["panels"][0]["pixel_size"] = [0.5, 0.4]
@@ -321,7 +324,8 @@ def test_refine_from_an_experiment_list_writes_the_fit_back(still, tmp_path, mon
 
 def test_the_command_renders_an_experiment_list(still, tmp_path, monkeypatch, capsys):
     """``jaxdiff --expt``: the SMV header's DIALS_ORIGIN is the file's panel origin (the file
-    is in DIALS' frame already), and a multi-panel file stops with exit status 2."""
+    is in DIALS' frame already), and a flag that would move one panel of a multi-panel file
+    stops with exit status 2."""
     from jaxdiff.cli import main
     from jaxdiff.io import read_smv
 
@@ -338,6 +342,8 @@ def test_the_command_renders_an_experiment_list(still, tmp_path, monkeypatch, ca
         doc["detector"][0]["panels"].append(doc["detector"][0]["panels"][0])
 
     (tmp_path / "i.img").unlink()
-    assert main(["--expt", _edit(path, tmp_path, two_panels), *common]) == 2
-    assert "2 panels" in capsys.readouterr().err
-    assert not (tmp_path / "i.img").exists()
+    (tmp_path / "f.bin").unlink()
+    capsys.readouterr()
+    assert main(["--expt", _edit(path, tmp_path, two_panels), "-distance", "90", *common]) == 2
+    assert "-distance: the --expt file's detector has 2 panels" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edited.expt"]

@@ -18,14 +18,41 @@ import dataclasses
 import json
 import math
 import os
+from typing import NamedTuple
 
 import numpy as np
 
 from jaxdiff.beam import Beam
 from jaxdiff.crystal import Crystal, cell_vectors
-from jaxdiff.detector import Detector, detector_geometry
+from jaxdiff.detector import Detector, panel_geometries
 from jaxdiff.errors import InputError
 from jaxdiff.io.atomic import atomic_output
+
+
+class DialsPanel(NamedTuple):
+    """One panel of a DIALS detector in the lab frame, in jaxdiff's units: (3,) unit
+    ``fast_axis`` and ``slow_axis``, ``origin`` (3,) the first pixel's corner [m],
+    ``pixel_size`` [m], ``image_size`` (fast, slow), sensor ``thickness`` [m] and ``mu`` [1/m]."""
+
+    fast_axis: np.ndarray
+    slow_axis: np.ndarray
+    origin: np.ndarray
+    pixel_size: float
+    image_size: tuple[int, int]
+    thickness: float
+    mu: float
+
+    def detector(self) -> Detector:
+        """The panel as a single-panel :class:`Detector` (sample pivot, one sensor layer)."""
+        return Detector.from_vectors(
+            self.fast_axis,
+            self.slow_axis,
+            self.origin,
+            self.pixel_size,
+            self.image_size,
+            layer_thickness=self.thickness,
+            mu=self.mu,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +66,8 @@ class DialsExperiment:
         polar_vector: (3,) E-vector direction; polarization: Kahn factor (2f − 1 of DIALS'
             polarization fraction f).
         fast_axis, slow_axis: (3,) unit vectors; origin: (3,) first pixel's corner [m].
-        pixel_size: [m]; image_size: (fast, slow) pixels; thickness: sensor [m]; mu: [1/m].
+        pixel_size: [m]; image_size: (fast, slow) pixels; thickness: sensor [m]; mu: [1/m]
+            (of panel 0).
         real_space: (3, 3) rows a, b, c [Å] in the frame where φ turns about
             ``rotation_axis`` (S·F applied), or None without a crystal.
         rotation_axis: (3,) unit φ axis S·e, or None without a goniometer.
@@ -47,6 +75,7 @@ class DialsExperiment:
         oscillation: (φ at the start of the first image, width) [rad], or None without a scan.
         document: the parsed file, kept to write a fitted model back into it.
         index: the experiment's position in the file's list.
+        panels: every panel of the detector (:class:`DialsPanel`), in the file's order.
     """
 
     path: str
@@ -67,6 +96,7 @@ class DialsExperiment:
     oscillation: tuple[float, float] | None
     document: dict
     index: int = 0
+    panels: tuple[DialsPanel, ...] = ()
 
     def beam(self, **kwargs) -> Beam:
         """The beam (keyword arguments as for :meth:`Beam.from_wavelength`, e.g. fluence)."""
@@ -79,7 +109,13 @@ class DialsExperiment:
         )
 
     def detector(self) -> Detector:
-        """The panel as a :class:`Detector` (sample pivot, one sensor layer)."""
+        """The detector as a :class:`Detector` (sample pivot, one sensor layer): a single
+        panel, or a multi-panel detector (:meth:`Detector.from_panels`) for several."""
+        if len(self.panels) > 1:
+            try:
+                return Detector.from_panels([p.detector() for p in self.panels])
+            except ValueError as err:
+                raise InputError(f"{self.path}: {err}") from None
         return Detector.from_vectors(
             self.fast_axis,
             self.slow_axis,
@@ -141,8 +177,8 @@ def _model(path, doc: dict, entry: dict, name: str) -> dict | None:
     return models[ref]
 
 
-def _group_frame(path, detector: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(M, o): the lab frame of panel 0's parent group, so that a point given in the panel's
+def _group_frame(path, detector: dict, panel: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(M, o): the lab frame of ``panel``'s parent group, so that a point given in the panel's
     stored (local) frame is o + M·p. dxtbx keeps each panel and group frame relative to its
     parent in the hierarchy; M's columns are the group's fast, slow and normal axes."""
 
@@ -155,7 +191,7 @@ def _group_frame(path, detector: dict) -> tuple[np.ndarray, np.ndarray]:
     def walk(node, m, o):
         m, o = frame(node, m, o)
         for child in node.get("children", []):
-            if child.get("panel") == 0:
+            if child.get("panel") == panel:
                 return m, o
             if "panel" not in child and (found := walk(child, m, o)) is not None:
                 return found
@@ -198,7 +234,7 @@ def read_experiments(path: str | os.PathLike[str]) -> list[DialsExperiment]:
 
     Raises:
         InputError: a missing or malformed file, an experiment without beam or detector, a
-            multi-panel detector (the message names the panel count) or non-square pixels.
+            detector without panels, or non-square pixels.
     """
     path = str(path)
     try:
@@ -233,13 +269,9 @@ def _experiment(path: str, doc: dict, index: int) -> DialsExperiment:
     if beam is None or detector is None:
         raise InputError(f"{path}: experiment {index} has no beam or no detector")
     panels = detector.get("panels") or []
-    if len(panels) != 1:
-        raise InputError(
-            f"{path}: the detector has {len(panels)} panels; jaxdiff renders single-panel "
-            "detectors only"
-        )
-    panel = panels[0]
-    group, group_origin = _group_frame(path, detector)
+    if not panels:
+        raise InputError(f"{path}: the detector has no panels")
+    frames = tuple(_panel_frame(path, detector, i) for i in range(len(panels)))
     wavelength = float(beam.get("wavelength", 0.0))
     if not wavelength > 0.0:
         raise InputError(f"{path}: beam wavelength must be positive, got {wavelength:g}")
@@ -248,10 +280,6 @@ def _experiment(path: str, doc: dict, index: int) -> DialsExperiment:
     normal = beam.get("polarization_normal", [0.0, 1.0, 0.0])
     e_vector = np.cross(travel, np.asarray(normal, dtype=float))
     fraction = float(beam.get("polarization_fraction", 0.5))
-    size = _vector(path, panel, "pixel_size", 2)
-    if size[0] != size[1] or not size[0] > 0.0:
-        raise InputError(f"{path}: pixels must be square, got {size[0]:g} x {size[1]:g} mm")
-    image_size = tuple(int(n) for n in _vector(path, panel, "image_size", 2))
 
     gonio = _model(path, doc, entry, "goniometer")
     rotation_axis, frame = None, np.eye(3)
@@ -277,19 +305,36 @@ def _experiment(path: str, doc: dict, index: int) -> DialsExperiment:
         beam_direction=travel,
         polar_vector=_unit(path, e_vector, "polarization plane"),
         polarization=2.0 * fraction - 1.0,
-        fast_axis=_unit(path, group @ _vector(path, panel, "fast_axis"), "fast_axis"),
-        slow_axis=_unit(path, group @ _vector(path, panel, "slow_axis"), "slow_axis"),
-        origin=(group_origin + group @ _vector(path, panel, "origin")) * 1e-3,
-        pixel_size=float(size[0]) * 1e-3,
-        image_size=image_size,
-        thickness=float(panel.get("thickness", 0.0)) * 1e-3,
-        mu=float(panel.get("mu", 0.0)) * 1e3,
+        **frames[0]._asdict(),
         real_space=real_space,
         rotation_axis=rotation_axis,
         setting=frame,
         oscillation=oscillation,
         document=doc,
         index=index,
+        panels=frames,
+    )
+
+
+def _panel_frame(path: str, detector: dict, index: int) -> DialsPanel:
+    """Panel ``index`` of a detector model, its frame composed through the hierarchy."""
+    panel = detector["panels"][index]
+    if not isinstance(panel, dict):
+        raise InputError(f"{path}: panel {index} is not a panel model")
+    group, group_origin = _group_frame(path, detector, index)
+    size = _vector(path, panel, "pixel_size", 2)
+    if size[0] != size[1] or not size[0] > 0.0:
+        raise InputError(
+            f"{path}: pixels must be square, got {size[0]:g} x {size[1]:g} mm (panel {index})"
+        )
+    return DialsPanel(
+        fast_axis=_unit(path, group @ _vector(path, panel, "fast_axis"), "fast_axis"),
+        slow_axis=_unit(path, group @ _vector(path, panel, "slow_axis"), "slow_axis"),
+        origin=(group_origin + group @ _vector(path, panel, "origin")) * 1e-3,
+        pixel_size=float(size[0]) * 1e-3,
+        image_size=tuple(int(n) for n in _vector(path, panel, "image_size", 2)),
+        thickness=float(panel.get("thickness", 0.0)) * 1e-3,
+        mu=float(panel.get("mu", 0.0)) * 1e3,
     )
 
 
@@ -315,10 +360,11 @@ def _panel(name: str) -> dict:
     }
 
 
-def _fresh_document() -> dict:
+def _fresh_document(panels: int = 1) -> dict:
     hierarchy = _panel("")
     hierarchy["type"] = ""
-    hierarchy["children"] = [{"panel": 0}]
+    hierarchy["children"] = [{"panel": i} for i in range(panels)]
+    names = ["Panel"] if panels == 1 else [f"Panel{i}" for i in range(panels)]
     return {
         "__id__": "ExperimentList",
         "experiment": [
@@ -337,7 +383,7 @@ def _fresh_document() -> dict:
                 "transmission": 1.0,
             }
         ],
-        "detector": [{"panels": [_panel("Panel")], "hierarchy": hierarchy}],
+        "detector": [{"panels": [_panel(name) for name in names], "hierarchy": hierarchy}],
         "crystal": [{"__id__": "crystal", "space_group_hall_symbol": " P 1"}],
         "profile": [],
         "scaling_model": [],
@@ -350,11 +396,12 @@ def experiment_document(exp, phisteps: int = 1, template: DialsExperiment | None
     With ``template`` (the experiment the model was read from) the file's other content is
     kept (image set, goniometer, scan, identifiers) and its beam, panel and crystal are
     replaced; otherwise a goniometer and a one-image scan are written when the crystal turns
-    (``phisteps`` φ steps of a nonzero step).
+    (``phisteps`` φ steps of a nonzero step). Every panel of a multi-panel detector is written
+    (the template's detector must have as many panels).
     """
     beam, det, cr = exp.beam, exp.detector, exp.crystal
     travel = np.asarray(beam.direction, dtype=float)
-    geom = detector_geometry(det, beam.direction)
+    geom = panel_geometries(det, beam.direction)
     real, _ = cell_vectors(cr)
     real = np.asarray(real, dtype=float) * 1e10
     if template is not None:
@@ -362,7 +409,7 @@ def experiment_document(exp, phisteps: int = 1, template: DialsExperiment | None
         entry = doc["experiment"][template.index]
         frame = template.setting
     else:
-        doc = _fresh_document()
+        doc = _fresh_document(det.panel_count)
         entry = doc["experiment"][0]
         frame = np.eye(3)
         span = float(cr.phistep) * phisteps
@@ -394,18 +441,24 @@ def experiment_document(exp, phisteps: int = 1, template: DialsExperiment | None
     model["polarization_fraction"] = (float(beam.polarization) + 1.0) / 2.0
 
     detector = _model("experiment list", doc, entry, "detector")
-    panel = detector["panels"][0]
-    group, group_origin = _group_frame("experiment list", detector)
-    back = np.linalg.inv(group)  # lab frame to the panel's parent group's frame
-    panel["fast_axis"] = [float(x) for x in back @ np.asarray(geom.fast)]
-    panel["slow_axis"] = [float(x) for x in back @ np.asarray(geom.slow)]
-    origin = back @ (np.asarray(geom.pix0) * 1e3 - group_origin)
-    panel["origin"] = [float(x) for x in origin]
-    pixel = float(det.pixel_size) * 1e3
-    panel["pixel_size"] = [pixel, pixel]
-    panel["image_size"] = list(det.image_size)
-    if not panel.get("trusted_range") or panel["trusted_range"] == [0.0, 0.0]:
-        panel["trusted_range"] = [-1.0, 1e9]
+    if len(detector["panels"]) != det.panel_count:
+        raise ValueError(
+            f"the template's detector has {len(detector['panels'])} panels, the model "
+            f"{det.panel_count}"
+        )
+    pixels = np.broadcast_to(np.asarray(det.pixel_size, dtype=float), (det.panel_count,))
+    for i, panel in enumerate(detector["panels"]):
+        group, group_origin = _group_frame("experiment list", detector, i)
+        back = np.linalg.inv(group)  # lab frame to the panel's parent group's frame
+        panel["fast_axis"] = [float(x) for x in back @ np.asarray(geom.fast[i])]
+        panel["slow_axis"] = [float(x) for x in back @ np.asarray(geom.slow[i])]
+        origin = back @ (np.asarray(geom.pix0[i]) * 1e3 - group_origin)
+        panel["origin"] = [float(x) for x in origin]
+        pixel = float(pixels[i]) * 1e3
+        panel["pixel_size"] = [pixel, pixel]
+        panel["image_size"] = list(det.image_size)
+        if not panel.get("trusted_range") or panel["trusted_range"] == [0.0, 0.0]:
+            panel["trusted_range"] = [-1.0, 1e9]
 
     crystal = _model("experiment list", doc, entry, "crystal")
     if crystal is None:

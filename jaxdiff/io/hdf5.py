@@ -9,6 +9,8 @@ rotation scan. The NXmx part (:mod:`jaxdiff.io.nexus`) is what crystallography p
     /entry/data/noise_image         (n, slow, fast) uint16, the -noisefile image, when given
     /entry/instrument/beam          NXbeam: incident_wavelength, flux_integrated (fluence)
     /entry/instrument/detector      NXdetector, its NXtransformations chain and one module
+                                    (a multi-panel detector: one module per panel, whose
+                                    images are stacked as (n, panel · slow, fast))
     /entry/sample                   NXsample on the φ (spindle) axis, with the scan if any
 
 and the model jaxdiff renders from, leaf by leaf in the library's units (``units`` attribute)::
@@ -190,13 +192,24 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
     return np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
 
 
-def _image_stack(images, name: str) -> np.ndarray:
+def _image_stack(images, name: str, panels: int = 0) -> np.ndarray:
+    """``images`` as the (n, rows, fast) stack the file holds: a multi-panel detector's
+    (n, panel, slow, fast) images with the panels one above the other (rows = panel · slow)."""
     stack = np.asarray(images)
-    if stack.ndim == 2:
+    if not panels:
+        if stack.ndim == 2:
+            stack = stack[None]
+        if stack.ndim != 3:
+            raise ValueError(f"{name}: expected (n, slow, fast) or (slow, fast), got {stack.shape}")
+        return stack
+    if stack.ndim == 3:
         stack = stack[None]
-    if stack.ndim != 3:
-        raise ValueError(f"{name}: expected (n, slow, fast) or (slow, fast), got {stack.shape}")
-    return stack
+    if stack.ndim != 4 or stack.shape[1] != panels:
+        raise ValueError(
+            f"{name}: expected (n, {panels}, slow, fast) or ({panels}, slow, fast) for the "
+            f"{panels}-panel detector, got {stack.shape}"
+        )
+    return stack.reshape(stack.shape[0], -1, stack.shape[-1])
 
 
 def _frames(exp, n: int, oscillation) -> list:
@@ -229,7 +242,9 @@ def write_hdf5(
     """Write ``images`` with their ``experiments`` and ``config`` as one NXmx file, atomically.
 
     Args:
-        images: (n, slow, fast) or (slow, fast) photons per pixel (stored as float32).
+        images: (n, slow, fast) or (slow, fast) photons per pixel (stored as float32);
+            (n, panel, slow, fast) or (panel, slow, fast) for a multi-panel detector, stored
+            as (n, panel · slow, fast) with one NXdetector_module per panel.
         experiments: one Experiment for all images, or a list of n (one per image).
         config: the run's SimConfig.
         oscillation: None for stills, or ``(phi_start, width)`` [rad] of the first frame of a
@@ -237,7 +252,9 @@ def write_hdf5(
             k·width. With a single Experiment, frame k's crystal is stored with that φ0.
         int_images, noise_images: the -intfile and -noisefile images (uint16), same shape.
     """
-    stack = _image_stack(images, "images").astype(np.float32)
+    first = experiments if dataclasses.is_dataclass(experiments) else list(experiments)[0]
+    panels = first.detector.panels
+    stack = _image_stack(images, "images", panels).astype(np.float32)
     n = stack.shape[0]
     if dataclasses.is_dataclass(experiments):
         experiments = _frames(experiments, n, oscillation)
@@ -247,7 +264,7 @@ def write_hdf5(
     extras = {}
     for name, value in ((INT_IMAGE, int_images), (NOISE_IMAGE, noise_images)):
         if value is not None:
-            extras[name] = _image_stack(value, name)
+            extras[name] = _image_stack(value, name, panels)
             if extras[name].shape != stack.shape:
                 raise ValueError(f"{name}: shape {extras[name].shape}, images {stack.shape}")
     columns = [dict(_array_leaves(e)) for e in experiments]
@@ -273,7 +290,8 @@ def write_hdf5(
 def read_hdf5(path: str | os.PathLike[str]):
     """Read a file written by :func:`write_hdf5`: ``(images, experiments, config)``.
 
-    ``images`` is the (n, slow, fast) float32 stack, ``experiments`` a list of n Experiments.
+    ``images`` is the (n, slow, fast) float32 stack ((n, panel, slow, fast) for a multi-panel
+    detector), ``experiments`` a list of n Experiments.
     """
     from jaxdiff.config import SimConfig
     from jaxdiff.simulate import Experiment
@@ -291,6 +309,9 @@ def read_hdf5(path: str | os.PathLike[str]):
         experiments = [_build(Experiment, tree, i) for i in range(images.shape[0])]
     except TypeError as err:
         raise InputError(f"{path}: its model does not fit this jaxdiff ({err})") from None
+    panels = experiments[0].detector.panels if experiments else 0
+    if panels:
+        images = images.reshape(images.shape[0], panels, -1, images.shape[-1])
     return images, experiments, config
 
 
@@ -332,6 +353,8 @@ class StackWriter:
         self._ctx = None
 
     def __enter__(self) -> StackWriter:
+        if self._exp.detector.panels:
+            raise ValueError("StackWriter: stacks of multi-panel images are not supported")
         self._ctx = atomic_output(self._path)
         tmp = self._ctx.__enter__()
         try:

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 import h5py
 import numpy as np
 
-from jaxdiff.detector import detector_geometry
+from jaxdiff.detector import detector_geometry, panel_geometries
 
 # The NXmx detector (and its chain) for readers that follow it to the pixels.
 DETECTOR = "/entry/instrument/detector"
@@ -99,8 +99,55 @@ def _unit_or_any(v: np.ndarray, fallback: np.ndarray) -> tuple[np.ndarray, float
     return (v / length, length) if length > 0.0 else (fallback, 0.0)
 
 
+def module_name(panel: int, panels: int) -> str:
+    """The NXdetector_module of ``panel`` of a ``panels``-panel detector (zero-padded, so that
+    readers that list a group's members by name keep the panel order)."""
+    return f"module_{panel:0{len(str(panels - 1))}d}"
+
+
+def _modules(instrument: h5py.Group, exp, config, to_mcstas: np.ndarray) -> None:
+    """A multi-panel detector: one NXdetector_module per panel, panel p's pixels the rows
+    p·slow to (p+1)·slow of the image. Each module's chain is one translation to its first
+    pixel's corner, and its fast and slow pixel directions are the panel's rotated axes."""
+    det = exp.detector
+    geom = panel_geometries(det, exp.beam.direction, config.pivot_sample)
+    pix0s, fasts, slows = (
+        np.asarray(v, dtype=np.float64) for v in (geom.pix0, geom.fast, geom.slow)
+    )
+    fpixels, spixels = det.image_size
+    pixels = np.asarray(det.pixel_size, dtype=np.float64)
+    group = _group(instrument, "detector", "NXdetector")
+    m = to_mcstas
+    for p in range(det.panels):
+        name = module_name(p, det.panels)
+        module = _group(group, name, "NXdetector_module")
+        module.create_dataset("data_origin", data=np.array([p * spixels, 0], dtype=np.int64))
+        module.create_dataset("data_size", data=np.array([spixels, fpixels], dtype=np.int64))
+        module.create_dataset("data_stride", data=np.array([1, 1], dtype=np.int64))
+        where, length = _unit_or_any(pix0s[p], fasts[p])
+        _axis(module, "module_offset", length, "m", "translation", m @ where, ".")
+        offset = f"{DETECTOR}/{name}/module_offset"
+        for axis_name, axis in (
+            ("fast_pixel_direction", fasts[p]),
+            ("slow_pixel_direction", slows[p]),
+        ):
+            _axis(module, axis_name, float(pixels[p]), "m", "translation", m @ axis, offset)
+    thickness = float(np.max(np.asarray(det.layer_thickness))) * config.thicksteps or THIN_SENSOR
+    _string(group, "sensor_material", "Si")
+    group.create_dataset("sensor_thickness", data=thickness).attrs["units"] = "m"
+    _string(group, "description", f"jaxdiff simulated {det.panels}-panel pixel-array detector")
+    _string(group, "type", "pixel")
+    mask = np.asarray(exp.mask).reshape(det.panels * spixels, fpixels)
+    pixel_mask = np.where(mask == 0, _USER_MASK_BIT, 0).astype(np.int32)
+    group.create_dataset("pixel_mask", data=pixel_mask, compression="gzip")
+    group.create_dataset("pixel_mask_applied", data=False)
+
+
 def _detector(instrument: h5py.Group, exp, config, shape, to_mcstas: np.ndarray) -> None:
     det = exp.detector
+    if det.panels:
+        _modules(instrument, exp, config, to_mcstas)
+        return
     geom = detector_geometry(det, exp.beam.direction, config.pivot_sample)
     pix0, fast, slow, normal = (
         np.asarray(v, dtype=np.float64) for v in (geom.pix0, geom.fast, geom.slow, geom.normal)
