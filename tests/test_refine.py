@@ -17,6 +17,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import INPUTS
+from refinecase import (
+    FLAGS,
+    MISSET,
+    SWEEP,
+    SWEEP_FRAMES,
+    TOLERANCE_DEG,
+    orientation_error_deg,
+)
 
 from jaxdiff.experiment import build
 from jaxdiff.io import read_mosflm_matrix
@@ -44,20 +53,6 @@ from jaxdiff.refine.params import ROTATION_UNIT, apply_offsets, initial_offsets
 from jaxdiff.refine.picture import fit_picture, strongest_spots, write_png
 from jaxdiff.refine.search import search_orientation
 from jaxdiff.simulate import simulate
-
-jax.config.update("jax_enable_x64", True)
-
-INPUTS = Path(__file__).resolve().parents[2] / "shared" / "golden" / "inputs"
-FLAGS = (
-    "-mat inputs/A.mat -default_F 100 -N 6 -lambda 1 -distance 50 -pixel 0.4 -detpixels 96 "
-    "-oversample 1"
-).split()
-# The starting model of the library and CLI fits: A.mat turned by this misset [deg].
-MISSET = ["-misset", "0.2", "-0.15", "0.1"]
-TOLERANCE_DEG = 0.005
-# A sweep: each frame 0.5° in two φ steps; the library and CLI sweep fits use these frames.
-SWEEP = ["-osc", "0.5", "-phisteps", "2"]
-SWEEP_FRAMES = 4
 
 
 def workdir(tmp_path_factory) -> Path:
@@ -95,13 +90,6 @@ def undo_rotation(start, truth) -> np.ndarray:
     skew = 0.5 * np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]])
     angle = math.atan2(np.linalg.norm(skew), 0.5 * (np.trace(r) - 1.0))
     return skew / np.linalg.norm(skew) * angle / ROTATION_UNIT
-
-
-def orientation_error_deg(a_fit: np.ndarray, a_true: np.ndarray) -> float:
-    """Angle [deg] of the rotation between two A matrices of the same cell."""
-    u = a_fit @ np.linalg.inv(a_true)
-    skew = 0.5 * np.array([u[2, 1] - u[1, 2], u[0, 2] - u[2, 0], u[1, 0] - u[0, 1]])
-    return math.degrees(math.atan2(np.linalg.norm(skew), 0.5 * (np.trace(u) - 1.0)))
 
 
 def test_refine_recovers_the_orientation(truth, fitted):

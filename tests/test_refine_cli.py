@@ -16,9 +16,9 @@ import h5py
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_refine import (
+from conftest import INPUTS
+from refinecase import (
     FLAGS,
-    INPUTS,
     MISSET,
     SWEEP,
     SWEEP_FRAMES,

@@ -355,13 +355,6 @@ def _as_models(models, config) -> tuple[list[Experiment], list[SimConfig]]:
     return exps, cfgs
 
 
-def _roi_mask(cfg: SimConfig) -> np.ndarray:
-    fmin, fmax, smin, smax = cfg.roi
-    inside = np.zeros((cfg.spixels, cfg.fpixels), dtype=bool)
-    inside[smin : smax + 1, fmin : fmax + 1] = True
-    return inside
-
-
 def _per_image(value, n: int, what: str) -> list:
     if isinstance(value, (list, tuple)):
         if len(value) != n:
@@ -512,7 +505,7 @@ def refine(
                 f"observed image {i}: shape {obs.shape}, but the model has "
                 f"{(cfg.spixels, cfg.fpixels)} (slow, fast) pixels"
             )
-        use = valid_pixels(obs, np.asarray(exp.mask)) & _roi_mask(cfg)
+        use = valid_pixels(obs, np.asarray(exp.mask)) & cfg.roi_mask()
         if masks[i] is not None:
             use &= np.asarray(masks[i]) != 0
         obs_np.append(np.where(use, obs, 0.0))
