@@ -26,8 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from _golden import GOLDEN
+
 HERE = Path(__file__).resolve().parent
-INPUTS = HERE.parent.parent / "shared" / "golden" / "inputs"
+INPUTS = GOLDEN / "inputs"
 
 SERIES = (
     "-mat A.mat -hkl scaled.hkl -lambda 0.9768 -distance 120 -pixel 0.172 -detpixels_x 512 "

@@ -25,9 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from _golden import GOLDEN
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-INPUTS = REPO.parent / "shared" / "golden" / "inputs"
+INPUTS = GOLDEN / "inputs"
 
 SUPERVISOR = (
     "-mat A.mat -hkl scaled.hkl -nonoise -nointerpolate -oversample 1 -exposure 1 -flux 1e18 "
