@@ -257,7 +257,7 @@ def _keep_panels(o: Options, from_file: Options, expt: DialsExperiment) -> None:
 def _apply_experiment(o: Options, expt: DialsExperiment) -> None:
     """Options as the --expt file's beam, detector (panel 0 of several), goniometer and scan
     set them."""
-    det = expt.panels[0].detector() if len(expt.panels) > 1 else expt.detector()
+    det = expt.panels[0].detector()
     beam_dir = expt.beam_direction
     ratio = float(np.dot(beam_dir, np.asarray(det.normal)))
     if ratio <= 0.0:

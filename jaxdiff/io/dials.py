@@ -111,20 +111,12 @@ class DialsExperiment:
     def detector(self) -> Detector:
         """The detector as a :class:`Detector` (sample pivot, one sensor layer): a single
         panel, or a multi-panel detector (:meth:`Detector.from_panels`) for several."""
-        if len(self.panels) > 1:
-            try:
-                return Detector.from_panels([p.detector() for p in self.panels])
-            except ValueError as err:
-                raise InputError(f"{self.path}: {err}") from None
-        return Detector.from_vectors(
-            self.fast_axis,
-            self.slow_axis,
-            self.origin,
-            self.pixel_size,
-            self.image_size,
-            layer_thickness=self.thickness,
-            mu=self.mu,
-        )
+        if len(self.panels) == 1:
+            return self.panels[0].detector()
+        try:
+            return Detector.from_panels([p.detector() for p in self.panels])
+        except ValueError as err:
+            raise InputError(f"{self.path}: {err}") from None
 
     def crystal(self, **kwargs) -> Crystal:
         """The crystal (keyword arguments as for :meth:`Crystal.from_cell`, e.g. ncells);
