@@ -48,6 +48,7 @@ jaxdiff      --frames N              N oscillation frames: frame k starts at phi
                                      a run of '#' in an output name is the frame number
                                      (image_#####.img); frame k's noise is that of -seed s+k-1
              --hdf5 FILE             also write an NXmx (NeXus) file with the model
+             --expt FILE.expt        start from a DIALS experiment list (flags override it)
              --dtype float64|float32 float64 (default) is the reference path
              --phi-carryover-mode spec|c-parity
              --trace-panel P         the panel of -trace_pixel on a multi-panel detector

@@ -112,7 +112,8 @@ def test_help_prints_the_usage(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: jaxdiff")
-    for flag in ("-cell", "-mat", "-hkl", "-distance", "--frames", "--commands", "--hdf5"):
+    flags = ("-cell", "-mat", "-hkl", "-distance", "--frames", "--commands", "--hdf5", "--expt")
+    for flag in flags + ("--trace-panel",):
         assert flag in out
 
 
