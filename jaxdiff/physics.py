@@ -164,55 +164,12 @@ def _lattice_sq_from_parts(hkl, ncells, sines=None) -> Array:
     return ratio * ratio
 
 
-def kept(x: Array, unit: Array) -> Array:
-    """``x`` divided by ``unit``, a traced 1 (:func:`traced_one`): the same values, computed
-    once. XLA on CPU copies a cheap elementwise computation into every fused consumer of its
-    result; a division at the root counts as expensive, so ``x`` becomes an array of its own
-    that each consumer reads."""
+def _kept(x: Array, unit: Array) -> Array:
+    """``x`` divided by ``unit``, a traced 1: the same values, but XLA on CPU no longer copies
+    the (cheap, elementwise) computation of ``x`` into every fused consumer of it, which it
+    would otherwise do (a division at the root counts as expensive), and keeps ``x`` as an
+    array that each consumer reads."""
     return x / unit
-
-
-def kept_rows(x: Array, eye: Array) -> Array:
-    """``x`` (3, ...) as the product eye · x with ``eye`` a traced 3 × 3 identity: the same
-    (finite) values, computed once. Like :func:`kept`, for stacked arrays whose consumers read
-    several rows of one element (XLA fuses a lone consumer with its producer and then
-    recomputes the producer per row read; it never fuses into a matrix product)."""
-    return jnp.tensordot(eye, x, axes=1, precision=jax.lax.Precision.HIGHEST)
-
-
-def traced_one(x: Array) -> Array:
-    """1 in the dtype of ``x`` (a scalar), computed from it so the compiler cannot fold it."""
-    u = jnp.abs(x) + 1.0
-    return u / u
-
-
-def square_lattice_sq_slopes(
-    hkl: tuple[Array, Array, Array], ncells: Array, unit: Array
-) -> tuple[Array, tuple[Array, ...], tuple[Array, ...]]:
-    """:func:`square_lattice_sq` and its logarithmic slopes: F_latt², (∂F_latt²/∂h)/F_latt²
-    for h, k, l, and (∂F_latt²/∂N)/F_latt² for Na, Nb, Nc. Each sine and cosine is computed
-    once and kept (:func:`kept`, ``unit`` a traced 1): the value and all slopes read them."""
-    sincos = [[kept(a, unit) for a in _grating_sincos(x, ncells[j])] for j, x in enumerate(hkl)]
-    value = _lattice_sq_from_parts(hkl, ncells, [(s1, s0) for s1, _, s0, _ in sincos])
-    slopes = [_grating_log_slopes(x, ncells[j], sincos[j]) for j, x in enumerate(hkl)]
-    return value, tuple(sh for sh, _ in slopes), tuple(sn for _, sn in slopes)
-
-
-def stacked_lattice_sq_slopes(hkl: Array, ncells: Array, eye: Array) -> tuple[Array, Array, Array]:
-    """:func:`square_lattice_sq_slopes` for ``hkl`` stacked as (3, ...): F_latt² (...) and the
-    slopes in h, k, l and in Na, Nb, Nc, each (3, ...). The three axes go through the same
-    (vectorized) code, and the value is bit for bit that of :func:`square_lattice_sq`.
-    ``eye``: a traced identity (:func:`kept_rows`)."""
-    n = ncells.reshape((3,) + (1,) * (hkl.ndim - 1))
-    sincos = [kept_rows(a, eye) for a in _grating_sincos(hkl, n)]
-    s1, _, s0, _ = sincos
-    a, b, _ = _grating_parts(hkl, n, (s1, s0))
-    one = n <= 1.0  # nanoBragg skips an axis with N ≤ 1
-    a = jnp.where(one, 1.0, a)
-    b = jnp.where(one, 1.0, b)
-    ratio = (a[0] * a[1] * a[2]) / (b[0] * b[1] * b[2])
-    slope_h, slope_n = _grating_log_slopes(hkl, n, sincos)
-    return ratio * ratio, slope_h, slope_n
 
 
 @jax.custom_jvp
@@ -221,8 +178,10 @@ def square_lattice_sq(h: Array, k: Array, l: Array, ncells: Array) -> Array:
     division (the sign of each factor is irrelevant once squared).
 
     Its derivative is written out as F_latt² times the sum of per-axis logarithmic slopes
-    (:func:`square_lattice_sq_slopes`): each axis' slope needs only that axis, so the reverse
-    pass of the image kernel evaluates every grating once instead of once per axis.
+    (:func:`_grating_log_slopes`): each axis' slope needs only that axis, so the reverse pass
+    of the image kernel evaluates every grating once instead of once per axis. The rule
+    computes each sine and cosine once, as arrays of their own (:func:`_kept`), so that the
+    compiler does not repeat the polynomials in every quantity derived from them.
     """
     return _lattice_sq_from_parts((h, k, l), ncells)
 
@@ -230,14 +189,31 @@ def square_lattice_sq(h: Array, k: Array, l: Array, ncells: Array) -> Array:
 @functools.partial(square_lattice_sq.defjvp, symbolic_zeros=True)
 def _square_lattice_sq_jvp(primals, tangents):
     h, k, l, ncells = primals
-    value, slope_h, slope_n = square_lattice_sq_slopes((h, k, l), ncells, traced_one(ncells[0]))
+    hkl = (h, k, l)
     dn = tangents[3]
-    terms = [slope_h[j] * t for j, t in enumerate(tangents[:3]) if not isinstance(t, SymbolicZero)]
-    if not isinstance(dn, SymbolicZero):
-        terms += [slope_n[j] * dn[j] for j in range(3)]
-    if not terms:
+    # each sine and cosine is computed once and kept (the value and all slopes read them)
+    unit = jnp.abs(ncells[0]) + 1.0
+    unit = unit / unit
+    sincos = [[_kept(a, unit) for a in _grating_sincos(x, ncells[j])] for j, x in enumerate(hkl)]
+    sines = [(s1, s0) for s1, _, s0, _ in sincos]
+    cosines = [(c1, c0) for _, c1, _, c0 in sincos]
+    value = _lattice_sq_from_parts(hkl, ncells, sines)
+    rate = None
+    for j, x in enumerate(hkl):
+        if isinstance(tangents[j], SymbolicZero) and isinstance(dn, SymbolicZero):
+            continue
+        (s1, s0), (c1, c0) = sines[j], cosines[j]
+        slope_h, slope_n = _grating_log_slopes(x, ncells[j], (s1, c1, s0, c0))
+        parts = []
+        if not isinstance(tangents[j], SymbolicZero):
+            parts.append(slope_h * tangents[j])
+        if not isinstance(dn, SymbolicZero):
+            parts.append(slope_n * dn[j])
+        term = sum(parts[1:], parts[0])
+        rate = term if rate is None else rate + term
+    if rate is None:
         return value, jnp.zeros_like(value)
-    return value, value * sum(terms[1:], terms[0])
+    return value, value * rate
 
 
 def sinc3(x: Array) -> Array:

@@ -12,13 +12,8 @@ float32 path loses no digits to the small difference between diffracted and inci
 
 from __future__ import annotations
 
-import functools
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
-from jax import Array
-from jax.custom_derivatives import SymbolicZero
 
 from jaxdiff import physics
 from jaxdiff.beam import polarization_basis, polarization_from_projections
@@ -109,11 +104,6 @@ def miller_indices(s, a):
     return tuple(s[0] * a[j, 0] + s[1] * a[j, 1] + s[2] * a[j, 2] for j in range(3))
 
 
-def _stacked_miller_indices(s, a):
-    """:func:`miller_indices` for ``s`` stacked (3, ...) and ``a`` (3, 3): (3, ...)."""
-    return s[0] * a[:, 0, None] + s[1] * a[:, 1, None] + s[2] * a[:, 2, None]
-
-
 def _lattice_sq(hkl, exp, cfg, recip):
     """F_latt² and whether F_latt is nonzero."""
     if cfg.shape == "square":
@@ -161,10 +151,6 @@ def _orientation_loop(sh, exp, cfg, g, pidx, tri, fresh, probe):
             factor = factor * g["omega"]
     interpolating = cfg.interpolate and cfg.table_lo is not None
     plain = not (probe or per_sub or interpolating or cfg.dmin > 0.0)
-    if plain and not fresh and cfg.shape == "square":
-        turns = sh.turns.reshape(n_orient, 3, 3)
-        table = StructureFactors(exp.fhkl, exp.default_F)
-        return bragg_sum(cfg, sh.real0, turns, tuple(s), exp.crystal.ncells, table), first_q
     big = jnp.iinfo(jnp.int32).max
 
     def body(o, carry):
@@ -206,157 +192,6 @@ def _orientation_loop(sh, exp, cfg, g, pidx, tri, fresh, probe):
         init = jnp.zeros((q_count, p), dtype)
     # reverse mode keeps only each iteration's carry and recomputes the rest (memory bound)
     return jax.lax.fori_loop(0, n_orient, jax.checkpoint(body), init), first_q
-
-
-def oriented(real0: Array, turns: Array) -> Array:
-    """Real-space vectors (..., 3, 3), rows a, b, c, of the crystal ``real0`` (3, 3) turned
-    by ``turns`` (..., 3, 3) (a φ rotation and a mosaic domain): real0 · turn."""
-    return jnp.einsum("jk,...ki->...ji", real0, turns)
-
-
-class StructureFactors(NamedTuple):
-    """The structure factors :func:`bragg_sum` reads: the table and default_F."""
-
-    fhkl: Array
-    default_F: Array
-
-
-# elements (work item × pixel) per tile of the gradient pass on CPUs, by bytes per value: the
-# tile's dozens of arrays stay in cache while the loop runs over all orientations (an
-# accelerator takes the whole block at once)
-_TILE = {4: 16384, 8: 8192}
-
-
-def _bragg_terms(cfg, real0, turns, s, ncells, table):
-    """Σ over orientations of F_cell² F_latt², summed over work items: (1, P)."""
-    a = oriented(real0, turns).astype(s[0].dtype)
-
-    def body(o, carry):
-        hkl = miller_indices(s, a[o])
-        f2 = physics.square_lattice_sq(*hkl, ncells)
-        return carry + structure_factor(hkl, table, cfg, None) ** 2 * f2
-
-    # reverse mode keeps only each iteration's carry and recomputes the rest (memory bound)
-    total = jax.lax.fori_loop(0, a.shape[0], jax.checkpoint(body), jnp.zeros_like(s[0]))
-    return jnp.sum(total, axis=0, keepdims=True)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def bragg_sum(cfg: SimConfig, real0, turns, s, ncells, table) -> Array:
-    """The plain image kernel's sum (1, P) over orientations and work items of
-    F_cell² F_latt² (square crystal, no per-sub-pixel factors, interpolation or -dmin).
-
-    Args: ``real0`` (3, 3) unrotated real-space vectors and ``turns`` (O, 3, 3) the
-    orientations' turns (the orientations are ``oriented(real0, turns)``), ``s`` three
-    (Q, P) scattering-vector components, ``ncells`` (3,), ``table`` the structure factors.
-
-    Its derivative is written out for the crystal, Ncells and the scattering vectors: one
-    pass over the orientations computes the sum together with its per-pixel partial
-    derivatives (d/d real0 as Σ_o ∂I/∂h_j · (turn_o s)_k, d/dN, d/ds), and the tangent is
-    their product with the input tangents, so forward mode is a few products and reverse
-    mode a few reductions, without a second pass over the orientations. Tangents of the
-    turns or the structure factors take JAX's own derivative of the loop.
-    """
-    return _bragg_terms(cfg, real0, turns, s, ncells, table)
-
-
-def _is_zero(t) -> bool:
-    return isinstance(t, SymbolicZero)
-
-
-@functools.partial(bragg_sum.defjvp, symbolic_zeros=True)
-def _bragg_sum_jvp(cfg, primals, tangents):
-    real0, turns, s, ncells, table = primals
-    d_real0, d_turns, d_s, d_n, d_table = tangents
-    if not (_is_zero(d_turns) and all(_is_zero(t) for t in d_table)):
-        dense = jax.tree_util.tree_map(
-            lambda t, x: jnp.zeros_like(x) if _is_zero(t) else t,
-            tangents,
-            primals,
-            is_leaf=_is_zero,
-        )
-        return jax.jvp(functools.partial(_bragg_terms, cfg), primals, dense)
-    want = (not _is_zero(d_real0), not _is_zero(d_n), not all(_is_zero(t) for t in d_s))
-    total, pa, pn, ps = _bragg_partials(cfg, real0, turns, s, ncells, table, want)
-    terms = []
-    if want[0]:
-        terms.append(jnp.einsum("jk,jkqp->qp", d_real0.astype(total.dtype), pa))
-    if want[1]:
-        terms.append(jnp.einsum("j,jqp->qp", d_n, pn))
-    if want[2]:
-        ds = sum(d * g for d, g in zip(d_s, ps, strict=True) if not _is_zero(d))
-        terms.append(jnp.sum(ds, axis=0, keepdims=True))
-    if not terms:
-        return total, jnp.zeros_like(total)
-    return total, sum(terms[1:], terms[0])
-
-
-def _bragg_partials(cfg, real0, turns, s, ncells, table, want):
-    """:func:`bragg_sum` and, as ``want`` asks, its partial derivatives per pixel: d/d real0
-    (3, 3, 1, P), d/dN (3, 1, P), and d/ds per work item (3, Q, P).
-
-    The work items × pixels are cut into tiles (``_TILE``); each tile loops over all
-    orientations with its sum and partials in the loop carry, and every intermediate is
-    computed once (:func:`jaxdiff.physics.kept`).
-    """
-    want_a, want_n, want_s = want
-    dtype = s[0].dtype
-    q, p = s[0].shape
-    a_all = oriented(real0, turns).astype(dtype)
-    t_all = turns.astype(dtype)
-    unit = physics.traced_one(ncells[0])
-    eye = unit * jnp.eye(3, dtype=dtype)
-    n = q * p
-    tile = min(n, _TILE[jnp.dtype(dtype).itemsize]) if jax.default_backend() == "cpu" else n
-    n_tiles = -(-n // tile)
-    pad = n_tiles * tile - n
-    tiles = tuple(jnp.pad(c.reshape(-1), (0, pad)).reshape(n_tiles, tile) for c in s)
-
-    def per_tile(st):
-        st = jnp.stack(st)  # (3, tile): every per-axis quantity below is (3, tile)
-
-        def body(o, carry):
-            acc, pa, pn, ps = carry
-            a = a_all[o]
-            hkl = physics.kept_rows(_stacked_miller_indices(st, a), eye)
-            f2, dh, dn = physics.stacked_lattice_sq_slopes(hkl, ncells, eye)
-            w = physics.kept(structure_factor(tuple(hkl), table, cfg, None) ** 2 * f2, unit)
-            g = physics.kept_rows(w * dh, eye)  # ∂(F² F_latt²)/∂h_j, (3, tile)
-            # each update below reads every element of g once (a fused consumer that read one
-            # twice would recompute it)
-            if want_a:  # h_j = Σ_k real0[j, k] v_k with v = turn · s: pa[k] is ∂/∂real0[:, k]
-                v = _stacked_miller_indices(st, t_all[o])
-                pa = tuple(pa[k] + g * v[k] for k in range(3))
-            if want_n:
-                pn = pn + w * dn
-            if want_s:
-                ps = tuple(
-                    ps[i] + (g[0] * a[0, i] + g[1] * a[1, i] + g[2] * a[2, i]) for i in range(3)
-                )
-            return acc + w, pa, pn, ps
-
-        z = jnp.zeros((tile,), dtype)
-        init = (
-            z,
-            (jnp.zeros((3, tile), dtype),) * 3 if want_a else (),
-            jnp.zeros((3, tile), dtype) if want_n else (),
-            (z, z, z) if want_s else (),
-        )
-        return jax.lax.fori_loop(0, a_all.shape[0], body, init)
-
-    acc, pa, pn, ps = jax.lax.map(per_tile, tiles)  # each (n_tiles, ..., tile)
-
-    def per_item(c):  # (n_tiles, ..., tile) -> (..., Q, P)
-        c = jnp.moveaxis(c, 0, -2)
-        c = c.reshape(*c.shape[:-2], -1)[..., :n]
-        return c.reshape(*c.shape[:-1], q, p)
-
-    total = jnp.sum(per_item(acc), axis=0, keepdims=True)
-    pa = (
-        jnp.stack([jnp.sum(per_item(c), axis=-2, keepdims=True) for c in pa], 1) if want_a else None
-    )
-    pn = jnp.sum(per_item(pn), axis=-2, keepdims=True) if want_n else None
-    return total, pa, pn, (tuple(per_item(c) for c in ps) if want_s else None)
 
 
 def probe_block(sh, exp, cfg, spix, fpix, rendered, fresh):

@@ -31,7 +31,7 @@ from jaxdiff.detector import (
     Detector,
     detector_geometry,
 )
-from jaxdiff.render import oriented, probe_block, render_block
+from jaxdiff.render import probe_block, render_block
 
 
 @jax.tree_util.register_dataclass
@@ -109,8 +109,6 @@ class RunInputs(NamedTuple):
     wavelengths: Array
     stale: Array
     fresh: Array
-    turns: Array
-    real0: Array
     recip: Array
     i_bg: Array
     scale: Array
@@ -119,22 +117,18 @@ class RunInputs(NamedTuple):
 
 
 def _orientations(exp: Experiment, cfg: SimConfig):
-    """(φ, mosaic, 3, 3) real-space vectors [m] for stale and fresh φ loops, the turns that
-    make the stale ones from the unrotated vectors (A = real0 · turn: φ rotation and mosaic
-    domain), real0, and a*, b*, c*."""
+    """(φ, mosaic, 3, 3) real-space vectors [m] for stale and fresh φ loops, and a*, b*, c*."""
     real0, recip = cell_vectors(exp.crystal, cfg.from_cell)
     phis = phi_angles(exp.crystal, cfg.phisteps)
     carry = cfg.carryover == "c-parity"
     spindle = exp.crystal.spindle
-    # the rotations act on each row vector linearly: turn the identity, then apply to real0
-    eye = jnp.eye(3, dtype=real0.dtype)
-    end, fresh = phi_orientations(eye, spindle, phis, eye, carry)
-    _, stale = phi_orientations(eye, spindle, phis, end, carry)
+    end, fresh = phi_orientations(real0, spindle, phis, real0, carry)
+    _, stale = phi_orientations(real0, spindle, phis, end, carry)
     umats = mosaic_matrices(exp.crystal)
     # a_domain = U · a_phi for each row vector: R_phi @ U^T.
-    turns = jnp.einsum("fij,mkj->fmik", stale, umats)
+    stale = jnp.einsum("fij,mkj->fmik", stale, umats)
     fresh = jnp.einsum("fij,mkj->fmik", fresh, umats)
-    return oriented(real0, turns), oriented(real0, fresh), turns, real0, recip
+    return stale, fresh, recip
 
 
 def steps(exp: Experiment, cfg: SimConfig) -> int:
@@ -163,7 +157,7 @@ def _shared(exp: Experiment, cfg: SimConfig) -> RunInputs:
     dtype = exp.detector.pixel_size.dtype
     beam, det = exp.beam, exp.detector
     geom = detector_geometry(det, beam.direction, cfg.pivot_sample)
-    stale, fresh, turns, real0, recip = _orientations(exp, cfg)
+    stale, fresh, recip = _orientations(exp, cfg)
     layers = jnp.arange(cfg.thicksteps, dtype=dtype)
     i_bg = (
         water_background(cfg.water_size, beam.fluence) if cfg.water_size else jnp.zeros((), dtype)
@@ -176,8 +170,6 @@ def _shared(exp: Experiment, cfg: SimConfig) -> RunInputs:
         wavelengths=beam.wavelengths,
         stale=stale,
         fresh=fresh,
-        turns=turns,
-        real0=real0,
         recip=recip,
         i_bg=i_bg,
         scale=R_E_SQR * beam.fluence / steps(exp, cfg),

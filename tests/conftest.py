@@ -72,8 +72,6 @@ SLOW_TESTS = {
         "test_group_gradient_matches_finite_differences",
     },
     "test_grad_kernels.py": {
-        "test_bragg_sum_derivative_matches_finite_differences_in_ncells",
-        "test_bragg_sum_written_out_derivative_matches_jax_derivative",
         "test_rotation_vector_matrix_at_zero_and_across_its_branch",
         "test_safe_unit_and_polarization_are_finite_along_the_beam",
     },

@@ -14,9 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff import physics, render
+from jaxdiff import physics
 from jaxdiff.beam import polarization_factor, safe_unit
-from jaxdiff.config import SimConfig
 from jaxdiff.refine import misorientation
 from jaxdiff.rotation import rotation_vector_matrix
 
@@ -236,85 +235,3 @@ def test_misorientation_gradient_is_finite_at_equal_rotations():
     assert np.all(np.isfinite(np.asarray(grad)))
     angle = float(misorientation(f64([0.0, 0.0, 0.01]), f64([0.0, 0.0, 0.0])))
     assert angle == pytest.approx(0.01, rel=1e-12)
-
-
-def _bragg_problem(peaks: bool):
-    """A small image-kernel problem: a triclinic cell [m], orientations (the first one
-    unturned), scattering vectors (Q = 2 work items, P = 6 pixels) whose first orientation's
-    indices are whole (Bragg peaks) for half the pixels when ``peaks``."""
-    rng = np.random.default_rng(7)
-    real0 = f64(np.diag([30e-10, 35e-10, 40e-10]) + 2e-10 * rng.normal(size=(3, 3)))
-    turns = [np.eye(3)]
-    for angle in (0.01, 0.02):
-        axis = rng.normal(size=3)
-        turns.append(np.asarray(rotation_vector_matrix(f64(axis / np.linalg.norm(axis) * angle))))
-    hkl = rng.normal(size=(3, 2, 6)) * 4.0
-    if peaks:
-        hkl[:, :, :3] = np.round(hkl[:, :, :3])
-    s = np.einsum("ij,jqp->iqp", np.linalg.inv(np.asarray(real0)), hkl)
-    return real0, f64(np.stack(turns)), tuple(f64(c) for c in s)
-
-
-@pytest.mark.parametrize("peaks", [False, True])
-def test_bragg_sum_written_out_derivative_matches_jax_derivative(peaks):
-    """The image kernel's written-out derivative (per-pixel partials accumulated with the sum)
-    against JAX's derivative of the same loop (taken when the orientations' turns have a
-    tangent too), in forward mode, reverse mode and jacfwd, for the crystal vectors, Ncells
-    (non-integer, and an axis with N = 1) and the scattering vectors; at generic indices and
-    at whole indices (Bragg peaks) and the unturned orientation."""
-    real0, turns, s = _bragg_problem(peaks)
-    cfg = SimConfig(spixels=2, fpixels=6, roi=(0, 5, 0, 1))
-    table = render.StructureFactors(jnp.zeros((1, 1, 1)), f64(3.0))
-    ncells = f64([5.0, 6.5, 1.0])
-    weights = f64(np.linspace(0.5, 1.5, 6))
-
-    def ours(real0, s, ncells):  # turns constant: the written-out rule
-        return render.bragg_sum(cfg, real0, turns, s, ncells, table)
-
-    def reference(real0, turns, s, ncells):  # turns with a tangent: JAX's derivative
-        return render.bragg_sum(cfg, real0, turns, s, ncells, table)
-
-    rng = np.random.default_rng(3)
-    d_real0 = f64(rng.normal(size=(3, 3)) * 1e-12)
-    d_s = tuple(f64(rng.normal(size=(2, 6)) * 1e6) for _ in range(3))
-    d_n = f64([0.3, -0.2, 0.0])
-    value, tangent = jax.jvp(ours, (real0, s, ncells), (d_real0, d_s, d_n))
-    value_ref, tangent_ref = jax.jvp(
-        reference, (real0, turns, s, ncells), (d_real0, jnp.zeros_like(turns), d_s, d_n)
-    )
-    assert np.all(np.isfinite(np.asarray(tangent)))
-    # the same sum, up to the rounding of a differently fused loop
-    np.testing.assert_allclose(value, value_ref, rtol=1e-14)
-    scale = float(jnp.max(jnp.abs(tangent_ref)))
-    np.testing.assert_allclose(tangent, tangent_ref, rtol=1e-9, atol=1e-12 * scale)
-
-    def loss(f, *args):
-        return jnp.sum(weights * f(*args))
-
-    grads = jax.grad(lambda *a: loss(ours, *a), argnums=(0, 1, 2))(real0, s, ncells)
-    grads_ref = jax.grad(lambda *a: loss(reference, *a), argnums=(0, 2, 3))(real0, turns, s, ncells)
-    for a, b in zip(
-        jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(grads_ref), strict=True
-    ):
-        assert np.all(np.isfinite(np.asarray(a)))
-        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12 * float(jnp.max(jnp.abs(b))))
-    jac_fwd = jax.jacfwd(lambda r: ours(r, s, ncells))(real0)
-    jac_rev = jax.jacrev(lambda r: reference(r, turns, s, ncells))(real0)
-    np.testing.assert_allclose(
-        jac_fwd, jac_rev, rtol=1e-9, atol=1e-12 * float(jnp.max(jnp.abs(jac_rev)))
-    )
-
-
-def test_bragg_sum_derivative_matches_finite_differences_in_ncells():
-    """d/dNa of the kernel's sum against a central difference (float64)."""
-    real0, turns, s = _bragg_problem(False)
-    cfg = SimConfig(spixels=2, fpixels=6, roi=(0, 5, 0, 1))
-    table = render.StructureFactors(jnp.zeros((1, 1, 1)), f64(3.0))
-
-    def total(na):
-        return jnp.sum(render.bragg_sum(cfg, real0, turns, s, jnp.stack([na, 6.5, 4.0]), table))
-
-    grad = jax.grad(total)(f64(5.3))
-    step = 1e-5
-    fd = (total(f64(5.3 + step)) - total(f64(5.3 - step))) / (2 * step)
-    assert float(grad) == pytest.approx(float(fd), rel=1e-6)
