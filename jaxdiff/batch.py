@@ -20,6 +20,7 @@ from jax import Array
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxdiff.cli import guarded
 from jaxdiff.config import SimConfig
 from jaxdiff.crystal import Crystal
 from jaxdiff.simulate import Experiment, simulate
@@ -142,8 +143,6 @@ def main(argv: list[str] | None = None) -> int:
     """
     import argparse
 
-    from jaxdiff.errors import InputError
-
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="jaxdiff-batch", add_help=True)
     parser.add_argument("--hdf5", required=True)
@@ -155,40 +154,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-processes", type=int)
     parser.add_argument("--process-id", type=int)
     ours, flags = parser.parse_known_args(argv)
-    try:
-        index, count = start_processes(ours.coordinator, ours.num_processes, ours.process_id)
-        jax.config.update("jax_enable_x64", True)
-        from jaxdiff import aot
-        from jaxdiff.experiment import build
-
-        aot.enable()  # the jaxdiff command's cache: a repeated batch does not recompile
-
-        if (ours.crystals is None) == (ours.random_orientations is None):
-            raise InputError("give one of --crystals FILE or --random-orientations N")
-        setup = build(flags)
-        base = setup.experiment.crystal
-        if ours.crystals:
-            table = _read_crystal_table(ours.crystals)
-            leaves = {"rotation": np.radians(table[:, :3])}
-            if not np.isnan(table[:, 3:]).any():
-                leaves["ncells"] = table[:, 3:]
-        else:
-            if ours.random_orientations <= 0:
-                raise InputError("--random-orientations: must be positive")
-            leaves = {"rotation": random_rotation_vectors(ours.random_orientations, ours.seed)}
-        crystals = vary_crystal(base, **leaves)
-        if os.path.dirname(ours.hdf5) and not os.path.isdir(os.path.dirname(ours.hdf5)):
-            raise InputError(f"--hdf5 {ours.hdf5}: no such directory")
-        if count == 1:
-            render_to_hdf5(ours.hdf5, setup.experiment, crystals, setup.config, ours.batch_size)
-        else:
-            render_share(ours.hdf5, setup.experiment, crystals, setup.config, ours.batch_size)
-    except InputError as err:
-        print(f"jaxdiff-batch: error: {err}", file=sys.stderr)
-        return 2
-    if index == 0:
+    status, index = guarded(_run, ours, flags, program="jaxdiff-batch")
+    if status == 0 and index == 0:
         print(f"wrote {ours.hdf5}")
-    return 0
+    return status
+
+
+def _run(ours, flags) -> int:
+    """Render the stack the parsed options describe; returns this process's index."""
+    from jaxdiff import aot
+    from jaxdiff.cli import single_panel
+    from jaxdiff.errors import InputError
+    from jaxdiff.experiment import build
+
+    index, count = start_processes(ours.coordinator, ours.num_processes, ours.process_id)
+    jax.config.update("jax_enable_x64", True)
+    aot.enable()  # the jaxdiff command's cache: a repeated batch does not recompile
+    if (ours.crystals is None) == (ours.random_orientations is None):
+        raise InputError("give one of --crystals FILE or --random-orientations N")
+    setup = build(flags)
+    single_panel(setup, "jaxdiff-batch")
+    base = setup.experiment.crystal
+    if ours.crystals:
+        table = _read_crystal_table(ours.crystals)
+        leaves = {"rotation": np.radians(table[:, :3])}
+        if not np.isnan(table[:, 3:]).any():
+            leaves["ncells"] = table[:, 3:]
+    else:
+        if ours.random_orientations <= 0:
+            raise InputError("--random-orientations: must be positive")
+        leaves = {"rotation": random_rotation_vectors(ours.random_orientations, ours.seed)}
+    crystals = vary_crystal(base, **leaves)
+    if os.path.dirname(ours.hdf5) and not os.path.isdir(os.path.dirname(ours.hdf5)):
+        raise InputError(f"--hdf5 {ours.hdf5}: no such directory")
+    if count == 1:
+        render_to_hdf5(ours.hdf5, setup.experiment, crystals, setup.config, ours.batch_size)
+    else:
+        render_share(ours.hdf5, setup.experiment, crystals, setup.config, ours.batch_size)
+    return index
 
 
 def start_processes(coordinator: str | None, num_processes: int | None, process_id: int | None):

@@ -349,28 +349,35 @@ def _write_hdf5(path: str, keep: dict, experiments: list, setup, osc: float) -> 
     print(f"wrote {path}")
 
 
-def _guarded(fn, *args, where: str = "") -> tuple[int, object]:
+def guarded(fn, *args, where: str = "", program: str = "jaxdiff") -> tuple[int, object]:
     """``fn(*args)`` as ``(0, result)``; a user's mistake is one line and ``(2, None)``;
     anything else is a bug in jaxdiff, reported in one line as ``(1, None)``
-    (``JAXDIFF_DEBUG=1`` shows the traceback)."""
+    (``JAXDIFF_DEBUG=1`` shows the traceback). Every jaxdiff command runs through this."""
     try:
         return 0, fn(*args)
     except InputError as err:
-        print(f"{where}jaxdiff: error: {err}", file=sys.stderr)
+        print(f"{where}{program}: error: {err}", file=sys.stderr)
         return 2, None
     except Exception as err:  # noqa: BLE001 - the one place that turns a bug into a message
         if os.environ.get("JAXDIFF_DEBUG"):
             raise
         if "RESOURCE_EXHAUSTED" in str(err) or isinstance(err, MemoryError):
-            print(f"{where}jaxdiff: error: out of memory: {str(err)[:200]}", file=sys.stderr)
+            print(f"{where}{program}: error: out of memory: {str(err)[:200]}", file=sys.stderr)
             return 2, None
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         print(
-            f"{where}jaxdiff: internal error: {type(err).__name__}: {first} "
+            f"{where}{program}: internal error: {type(err).__name__}: {first} "
             "(a bug in jaxdiff; JAXDIFF_DEBUG=1 shows the traceback)",
             file=sys.stderr,
         )
         return 1, None
+
+
+def single_panel(setup, program: str) -> None:
+    """Refuse a multi-panel detector in a command that renders one panel."""
+    panels = setup.experiment.detector.panels
+    if panels > 1:
+        raise InputError(f"--expt: {program} renders single-panel detectors; this one has {panels}")
 
 
 def command_lines(path: str) -> list[tuple[int, list[str]]]:
@@ -422,13 +429,13 @@ def run_commands(path: str, extra: list[str]) -> int:
     previous = None  # (number, job) of the line whose files are still to be written
 
     def finish(number, job):
-        if _guarded(_finish, job, where=f"{path}:{number}: ")[0] != 0:
+        if guarded(_finish, job, where=f"{path}:{number}: ")[0] != 0:
             failed.append(number)
 
     for number, args in lines:
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            status, job = _guarded(_started, args + extra, where=f"{path}:{number}: ")
+            status, job = guarded(_started, args + extra, where=f"{path}:{number}: ")
         if previous is not None:
             finish(*previous)
         print(f"== {path}:{number}: {shlex.join(args)}")
@@ -458,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
             print("jaxdiff: error: --commands: missing file name", file=sys.stderr)
             return 2
         return run_commands(argv[i + 1], argv[:i] + argv[i + 2 :])
-    return _guarded(run, argv)[0]
+    return guarded(run, argv)[0]
 
 
 if __name__ == "__main__":

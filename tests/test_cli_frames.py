@@ -160,3 +160,24 @@ def test_supervisor_command_writes_a_readable_smv(workdir):
     assert got["shape"] == [2527, 2463]
     assert got["sum"] == int(data.sum()) and got["max"] == int(data.max())
     assert got["distance"] == pytest.approx(231.27466, abs=1e-3)
+
+
+def test_a_bug_is_one_line_with_status_1_in_every_command(workdir, monkeypatch, capsys):
+    """An unexpected exception (here planted in the renderer) is reported in one line, never
+    as a traceback, by jaxdiff, jaxdiff-batch and jaxdiff-refine alike."""
+    from jaxdiff import batch, experiment
+    from jaxdiff.refine import cli as refine_cli
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("planted\nsecond line")
+
+    monkeypatch.setattr(experiment, "build", broken)  # every command builds its model first
+    assert main(SMALL + ["-floatfile", "out.bin"]) == 1
+    argv = SMALL[:-2] + ["--random-orientations", "2", "--hdf5", "s.h5"]
+    assert batch.main(argv) == 1
+    assert refine_cli.main(["--observed", "none.bin", "--", *SMALL]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["jaxdiff", "jaxdiff-batch", "jaxdiff-refine"]
+    for line in lines:
+        assert "internal error: RuntimeError: planted (a bug in jaxdiff" in line
+    assert not (workdir / "out.bin").exists() and not (workdir / "s.h5").exists()

@@ -300,3 +300,24 @@ def test_the_command_renders_and_traces_every_panel(four_panels, tmp_path, monke
         err = capsys.readouterr().err
         assert flag in err and len(err.strip().splitlines()) == 1, err
         assert list(tmp_path.iterdir()) == []
+
+
+def test_single_panel_commands_refuse_a_multi_panel_file(four_panels, tmp_path, capsys):
+    """jaxdiff-batch and jaxdiff-refine render one panel: one line, status 2, no file."""
+    from jaxdiff import batch
+    from jaxdiff.refine import cli as refine_cli
+
+    path = str(four_panels[0])
+    out = tmp_path / "stack.h5"
+    argv = ["--expt", path, "-default_F", "100", "--random-orientations", "2"]
+    assert batch.main(argv + ["--hdf5", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "renders single-panel detectors; this one has 4" in err and err.count("\n") == 1
+    assert not out.exists()
+    observed = tmp_path / "obs.bin"
+    np.zeros((4, 20, 16), np.float32).tofile(observed)
+    refine_argv = ["--observed", str(observed), "--expt", path, "--", "-default_F", "100"]
+    assert refine_cli.main(refine_argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jaxdiff-refine: error: --expt: jaxdiff-refine renders single-panel")
+    assert err.count("\n") == 1

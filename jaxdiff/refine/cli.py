@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxdiff.cli import guarded, single_panel
 from jaxdiff.errors import InputError
 
 _PNG = b"\x89PNG"
@@ -331,6 +332,7 @@ def run(argv: list[str]) -> int:
     if not flags and not args.expt:
         raise InputError("no model: give the nanoBragg flags that describe it")
     setup = build((["--expt", args.expt] if args.expt else []) + flags)
+    single_panel(setup, "jaxdiff-refine")
     cfg = setup.config
     observed, usable, kind, adc, names = read_observed(
         args.observed, (cfg.spixels, cfg.fpixels), args, setup.options.adc_offset
@@ -456,11 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jaxdiff-refine`` command."""
     argv = sys.argv[1:] if argv is None else argv
     start = time.perf_counter()
-    try:
-        status = run(argv)
-    except InputError as err:
-        print(f"jaxdiff-refine: error: {err}", file=sys.stderr)
-        return 2
+    error, status = guarded(run, argv, program="jaxdiff-refine")
+    if error:
+        return error
     if status in (0, 3):
         print(f"total {time.perf_counter() - start:.1f} s")
     return status
