@@ -148,17 +148,6 @@ def _header_lines(h: dict, phi0: float) -> list[str]:
     )
 
 
-def _frame_experiment(experiment, phi0: float):
-    """The experiment with the crystal's first φ moved to ``phi0`` (same leaf types, so the
-    compiled program is reused)."""
-    import dataclasses
-
-    import jax
-
-    crystal = dataclasses.replace(experiment.crystal, phi0=jax.device_put(float(phi0)))
-    return dataclasses.replace(experiment, crystal=crystal)
-
-
 def prepare(argv: list[str]):
     """Set up the process (float64, kept programs) and resolve a command line."""
     import jax
@@ -201,7 +190,7 @@ def render_job(setup):
         write_pgm,
         write_smv,
     )
-    from jaxdiff.simulate import simulate
+    from jaxdiff.simulate import rotation_frames, simulate
 
     o, cfg = setup.options, setup.config
     check_size(setup)
@@ -224,7 +213,7 @@ def render_job(setup):
     if frames == 1:
         experiments = [setup.experiment]
     else:
-        experiments = [_frame_experiment(setup.experiment, phi) for phi in phis]
+        experiments = rotation_frames(setup.experiment, frames, osc, o.phi0)
 
     def dispatch(k):
         return aot.call("simulate", simulate, {"cfg": cfg}, experiments[k])

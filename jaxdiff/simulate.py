@@ -131,6 +131,23 @@ def _orientations(exp: Experiment, cfg: SimConfig):
     return stale, fresh, recip
 
 
+def rotation_frames(exp: Experiment, count: int, width, start=None) -> list[Experiment]:
+    """``count`` consecutive oscillation frames of ``exp``: frame k (from 0) is ``exp`` with the
+    crystal's first φ at ``start + k·width`` [rad] (``start``: the crystal's own φ0). The leaf
+    keeps its type, so one compiled program renders every frame."""
+    phi0 = exp.crystal.phi0
+    start = phi0 if start is None else start
+    return [
+        dataclasses.replace(
+            exp,
+            crystal=dataclasses.replace(
+                exp.crystal, phi0=jax.lax.full_like(phi0, start + k * width)
+            ),
+        )
+        for k in range(count)
+    ]
+
+
 def steps(exp: Experiment, cfg: SimConfig) -> int:
     """nanoBragg's ``steps``, the divisor of a pixel's sum: sub-pixels × sources × φ steps ×
     mosaic domains (sensor layers are not counted)."""

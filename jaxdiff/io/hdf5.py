@@ -40,6 +40,7 @@ import numpy as np
 from jaxdiff.errors import InputError
 from jaxdiff.io.atomic import atomic_output
 from jaxdiff.io.nexus import write_nxmx
+from jaxdiff.simulate import rotation_frames
 
 MODEL = "/entry/jaxdiff"
 SIGNAL = "data"
@@ -212,23 +213,6 @@ def _image_stack(images, name: str, panels: int = 0) -> np.ndarray:
     return stack.reshape(stack.shape[0], -1, stack.shape[-1])
 
 
-def _frames(exp, n: int, oscillation) -> list:
-    """``n`` copies of ``exp``; in a rotation scan, frame k's crystal starts at φ0 + k·width."""
-    if oscillation is None:
-        return [exp] * n
-    start, width = (float(v) for v in oscillation)
-    phi0 = exp.crystal.phi0
-    return [
-        dataclasses.replace(
-            exp,
-            crystal=dataclasses.replace(
-                exp.crystal, phi0=jnp.asarray(start + width * k, dtype=jnp.result_type(phi0))
-            ),
-        )
-        for k in range(n)
-    ]
-
-
 def write_hdf5(
     path: str | os.PathLike[str],
     images,
@@ -257,7 +241,11 @@ def write_hdf5(
     stack = _image_stack(images, "images", panels).astype(np.float32)
     n = stack.shape[0]
     if dataclasses.is_dataclass(experiments):
-        experiments = _frames(experiments, n, oscillation)
+        experiments = (
+            [experiments] * n
+            if oscillation is None
+            else rotation_frames(experiments, n, oscillation[1], oscillation[0])
+        )
     experiments = list(experiments)
     if len(experiments) != n:
         raise ValueError(f"{n} images but {len(experiments)} experiments")

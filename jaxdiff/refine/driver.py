@@ -45,7 +45,7 @@ from jaxdiff.refine.params import (
     physical_values,
 )
 from jaxdiff.refine.search import Search, SearchResult, search_orientation
-from jaxdiff.simulate import Experiment, simulate
+from jaxdiff.simulate import Experiment, rotation_frames, simulate
 
 
 class Stage(NamedTuple):
@@ -379,13 +379,8 @@ def sweep_models(model, frames: int, config: SimConfig | None = None) -> list:
         raise ValueError("an Experiment needs config=SimConfig(...)")
     exp = model if is_exp else model.experiment
     cfg = config if config is not None else model.config
-    osc = oscillation(exp, cfg)
-    out = []
-    for k in range(frames):
-        cr = dataclasses.replace(exp.crystal, phi0=exp.crystal.phi0 + k * osc)
-        e = dataclasses.replace(exp, crystal=cr)
-        out.append(e if is_exp else dataclasses.replace(model, experiment=e))
-    return out
+    series = rotation_frames(exp, frames, oscillation(exp, cfg))
+    return series if is_exp else [dataclasses.replace(model, experiment=e) for e in series]
 
 
 def _verdict(
