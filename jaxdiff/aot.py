@@ -94,25 +94,42 @@ def _environment() -> str:
     return "\n".join(parts)
 
 
-def _key(name: str, static: Any, args: tuple) -> str:
+def _key(name: str, static: Any, args: tuple, device) -> str:
     leaves, tree = jax.tree_util.tree_flatten(args)
     types = ",".join(str(jax.typeof(x)) for x in leaves)
-    text = "\n".join((_environment(), name, repr(static), str(tree), types))
+    # an executable is bound to the device it was compiled for
+    text = "\n".join((_environment(), name, repr(static), str(tree), types, str(device.id)))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def call(name: str, jitted, static: dict, *args):
+def setup_device():
+    """Where small set-up programs run: with several CPU devices and a CPU default, the last
+    one, so that they do not wait behind an image queued on the default device (a device
+    runs its programs one after the other); otherwise the default device."""
+    devices = jax.local_devices()
+    if len(devices) > 1 and devices[0].platform == "cpu":
+        return devices[-1]
+    return devices[0]
+
+
+def call(name: str, jitted, static: dict, *args, device=None):
     """``jitted(*args, **static)`` through a compiled executable kept on disk.
 
     ``name`` names the program in the key; ``static`` holds the jit-static keyword arguments
-    (hashable, with a stable ``repr``). Unless :func:`enable` was called this is a plain call.
+    (hashable, with a stable ``repr``); ``device`` is where it runs (default: the first local
+    device), for arguments not committed to another one. Unless :func:`enable` was called
+    this is a plain call.
     """
     if _root is None:
-        return jitted(*args, **static)
-    key = _key(name, static, args)
+        if device is None:
+            return jitted(*args, **static)
+        with jax.default_device(device):
+            return jitted(*args, **static)
+    device = device or jax.local_devices()[0]
+    key = _key(name, static, args, device)
     path = _root / "programs" / f"{name}-{key[:32]}.bin"
     program = _loaded.get(key)
-    if program is None and (program := _load(path)) is not None:
+    if program is None and (program := _load(path, device)) is not None:
         try:
             out = program(*args)
         except jax.errors.JaxRuntimeError:  # an entry that cannot run: compile again
@@ -122,14 +139,14 @@ def call(name: str, jitted, static: dict, *args):
             _loaded[key] = program
             return out
     if program is None:
-        program, keep = _compile_afresh(jitted, static, args)
+        program, keep = _compile_afresh(jitted, static, args, device)
         if keep:
             _store(path, program)
         _loaded[key] = program
     return program(*args)
 
 
-def _compile_afresh(jitted, static: dict, args: tuple):
+def _compile_afresh(jitted, static: dict, args: tuple, device):
     """Compile without JAX's persistent cache: an executable that cache deserialized can lack
     the code of some of its kernels when it is serialized again. Returns the program and
     whether it is safe to keep (no persistent-cache hit was reported while compiling)."""
@@ -143,7 +160,8 @@ def _compile_afresh(jitted, static: dict, args: tuple):
     try:
         # an option of its own keeps this compile apart from any in-memory or on-disk entry
         # of the same program compiled by a plain call
-        lowered = jitted.lower(*args, **static)
+        with jax.default_device(device):
+            lowered = jitted.lower(*args, **static)
         return lowered.compile(compiler_options=_OPTIONS), _cache_hits[0] == hits_before
     finally:
         jax.config.update("jax_enable_compilation_cache", previous)
@@ -164,16 +182,14 @@ def _listen_for_cache_hits() -> None:
     jax.monitoring.register_event_listener(listener)
 
 
-def _load(path: Path):
+def _load(path: Path, device):
     from jax.experimental import serialize_executable
 
     try:
         with open(path, "rb") as fh:
             payload = pickle.load(fh)
-        # the programs kept here run on one device (the default one), however many there are
-        return serialize_executable.deserialize_and_load(
-            *payload, execution_devices=jax.local_devices()[:1]
-        )
+        # the programs kept here run on one device, however many there are
+        return serialize_executable.deserialize_and_load(*payload, execution_devices=[device])
     except FileNotFoundError:
         return None
     except Exception:  # a stale or damaged entry is compiled again and replaced

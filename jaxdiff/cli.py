@@ -71,10 +71,11 @@ def _stats(image: np.ndarray, rendered: np.ndarray, roi_mask: np.ndarray):
     everything = bool(rendered.all())
     values = (image.ravel() if everything else image[rendered]).astype(np.float64)
     avg = float(values.sum()) / max(values.size, 1)
-    rms = float(np.sqrt(np.dot(values, values) / (max(values.size, 2) - 1)))
+    # einsum, not np.dot: a threaded BLAS dot product waits for cores the render is using
+    rms = float(np.sqrt(np.einsum("i,i->", values, values) / (max(values.size, 2) - 1)))
     roi_vals = values if everything else image[roi_mask].astype(np.float64)
     roi_vals -= avg
-    rmsd = float(np.sqrt(np.dot(roi_vals, roi_vals) / (max(roi_vals.size, 2) - 1)))
+    rmsd = float(np.sqrt(np.einsum("i,i->", roi_vals, roi_vals) / (max(roi_vals.size, 2) - 1)))
     masked = image if everything else np.where(rendered, image, -np.inf)
     where = np.unravel_index(np.argmax(masked), image.shape)
     max_i = float(masked[where]) if masked[where] > 0 else 0.0
@@ -442,8 +443,23 @@ def run_commands(path: str, extra: list[str]) -> int:
     return 0
 
 
+def _second_cpu_device() -> None:
+    """Give the process a second CPU device: each command line's small set-up programs run
+    there while the previous line's image renders on the first (a device runs its programs
+    one after the other). Left alone where XLA_FLAGS sets the device count or JAX has started."""
+    import jax
+
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return
+    with contextlib.suppress(RuntimeError):  # the backend is up already: keep its devices
+        jax.config.update("jax_num_cpu_devices", 2)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``jaxdiff`` command."""
+    """Entry point of the ``jaxdiff`` command (``argv`` None: run as the program, which may
+    set up the process)."""
+    if argv is None and "--commands" in sys.argv[1:]:
+        _second_cpu_device()
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(arg in ("-h", "-help", "--help") for arg in argv):
         print(USAGE, end="")

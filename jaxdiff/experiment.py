@@ -430,6 +430,7 @@ def _resolve(o: Options, mask_data, expt: DialsExperiment | None, cwd: Path) -> 
         {"pivot_sample": det.pivot == "sample"},
         det,
         beam_dir,
+        device=aot.setup_device(),
     )
     grid, interpolate = _structure_factors(o, cwd)
     hkl_count = grid.count if grid is not None else 0
@@ -583,7 +584,7 @@ def _sized_crystal(o: Options, cryst: Crystal) -> tuple[Crystal, float]:
     """The crystal with Na, Nb, Nc from -xtalsize/-samplesize (capped by -beamsize) where
     given, and its largest extent [m]."""
     from_cell = {"from_cell": cryst.defined_by == "cell"}
-    real0, _ = aot.call("cell_vectors", _cell_vectors, from_cell, cryst)
+    real0, _ = aot.call("cell_vectors", _cell_vectors, from_cell, cryst, device=aot.setup_device())
     real0 = np.asarray(real0)
     sample = list(o.sample_size)
     if o.beamsize >= 0:

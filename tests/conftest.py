@@ -58,7 +58,10 @@ SLOW_MODULES = {
     "test_trace_compare.py",
 }
 SLOW_TESTS = {
-    "test_cli_frames.py": {"test_supervisor_command_writes_a_readable_smv"},
+    "test_cli_frames.py": {
+        "test_supervisor_command_writes_a_readable_smv",
+        "test_commands_run_as_the_program_match_single_runs",
+    },
     "test_cli_fuzz.py": {"test_any_command_line_exits_0_or_2_cleanly"},
     "test_cli_io.py": {
         "test_flags_override_the_header_and_mask_zeros_are_skipped",

@@ -4,7 +4,9 @@ process (--commands), the usage summary, long SMV headers, and problems too big 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import textwrap
 
 import numpy as np
@@ -101,6 +103,37 @@ def test_commands_render_each_line_and_report_bad_ones(workdir, capsys):
         assert main(argv + ["-intfile", "x.img"]) == 0
         assert (workdir / f"{name}.bin").read_bytes() == (workdir / "x.bin").read_bytes()
         assert (workdir / f"{name}.img").read_bytes() == (workdir / "x.img").read_bytes()
+
+
+def test_commands_run_as_the_program_match_single_runs(workdir, capsys):
+    """Run as a program, --commands sets up each line on a second CPU device while the
+    previous line renders: every image and summary is still that of the line run alone."""
+    lines = [
+        " ".join(SMALL) + f" -misset {m} -distance {d} -nopgm -floatfile {n}.bin -intfile {n}.img"
+        for n, m, d in (("a", "10 5 3", 100), ("b", "-40 20 170", 130), ("c", "0 90 0", 80))
+    ]
+    (workdir / "lines.txt").write_text("\n".join(lines) + "\n")
+    env = dict(os.environ, JAXDIFF_CACHE_DIR=str(workdir / "cache"))
+    env.pop("XLA_FLAGS", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "jaxdiff.cli", "--commands", "lines.txt", "-nonoise"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    blocks = done.stdout.split("== lines.txt:")[1:]
+    assert len(blocks) == 3
+    for line, block in zip(lines, blocks, strict=True):
+        name = line.split()[-1].removesuffix(".img")
+        argv = line.replace(f"{name}.", "one.").split() + ["-nonoise"]
+        assert main(argv) == 0
+        alone = capsys.readouterr().out
+        for ext in ("bin", "img"):
+            assert (workdir / f"{name}.{ext}").read_bytes() == (workdir / f"one.{ext}").read_bytes()
+        summary = [t for t in alone.splitlines() if t.startswith(("max_I", "mean=", "intfile_"))]
+        assert len(summary) == 3 and all(t in block.splitlines() for t in summary)
 
 
 def test_missing_command_file(workdir, capsys):
