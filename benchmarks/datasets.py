@@ -93,8 +93,11 @@ def _c_commands(c_binary: str, work: Path, lines: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def measure(c_binary: str | None, repeats: int = 3) -> dict:
-    """Figures for both workloads: medians [s] and ratios C / jaxdiff (> 1: jaxdiff faster)."""
+def measure(
+    c_binary: str | None, repeats: int = 3, parts: tuple[str, ...] = ("frames", "commands")
+) -> dict:
+    """Figures for the workloads in ``parts`` (both by default): medians [s] and ratios
+    C / jaxdiff (> 1: jaxdiff faster)."""
     out: dict = {"frames": FRAMES, "lines": LINES}
     lines = command_lines(LINES)
     cache = Path(tempfile.mkdtemp(prefix="jaxdiff-datasets-cache-"))
@@ -105,18 +108,25 @@ def measure(c_binary: str | None, repeats: int = 3) -> dict:
     (work / "lines.txt").write_text("\n".join(lines) + "\n")
     commands = _jaxdiff() + ["--commands", "lines.txt"]
 
-    out["jaxdiff_frames_cold_s"] = _wall(series, work, env)
-    out["jaxdiff_commands_cold_s"] = _wall(commands, work, env)
-    out["jaxdiff_frames_s"] = statistics.median(_wall(series, work, env) for _ in range(repeats))
-    out["jaxdiff_commands_s"] = statistics.median(
-        _wall(commands, work, env) for _ in range(repeats)
-    )
-    if c_binary:
+    if "frames" in parts:
+        out["jaxdiff_frames_cold_s"] = _wall(series, work, env)
+    if "commands" in parts:
+        out["jaxdiff_commands_cold_s"] = _wall(commands, work, env)
+    if "frames" in parts:
+        out["jaxdiff_frames_s"] = statistics.median(
+            _wall(series, work, env) for _ in range(repeats)
+        )
+    if "commands" in parts:
+        out["jaxdiff_commands_s"] = statistics.median(
+            _wall(commands, work, env) for _ in range(repeats)
+        )
+    if c_binary and "frames" in parts:
         out["c_frames_s"] = statistics.median(_c_frames(c_binary, work) for _ in range(repeats))
+        out["frames_speedup"] = out["c_frames_s"] / out["jaxdiff_frames_s"]
+    if c_binary and "commands" in parts:
         out["c_commands_s"] = statistics.median(
             _c_commands(c_binary, work, lines) for _ in range(repeats)
         )
-        out["frames_speedup"] = out["c_frames_s"] / out["jaxdiff_frames_s"]
         out["commands_speedup"] = out["c_commands_s"] / out["jaxdiff_commands_s"]
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(cache, ignore_errors=True)
@@ -127,8 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--c-binary", help="a C nanoBragg build to time in the same run")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--only", choices=("frames", "commands"), help="time one workload (default: both)"
+    )
     args = parser.parse_args(argv)
-    print(json.dumps(measure(args.c_binary, args.repeats), indent=1))
+    parts = (args.only,) if args.only else ("frames", "commands")
+    print(json.dumps(measure(args.c_binary, args.repeats, parts), indent=1))
     return 0
 
 

@@ -193,8 +193,11 @@ def load_options(
         mask = _apply_header(base, _at(folder, first.maskfile), mask=True)
     if first.imgfile:
         _apply_header(base, _at(folder, first.imgfile), mask=False)
-    from_file = copy.deepcopy(base)
-    o = parse(argv, base)
+    if first.expt or first.maskfile or first.imgfile:  # the flags go on top of the files
+        from_file = copy.deepcopy(base)
+        o = parse(argv, base)
+    else:
+        o = first
     if expt is not None and len(expt.panels) > 1:
         _keep_panels(o, from_file, expt)
     for attr in ("matfile", "hklfile", "imgfile", "maskfile", "stolfile", "sourcefile", "expt"):
@@ -677,13 +680,13 @@ def _on_device(tree):
     one); floating scalars are weakly typed, like ``jnp.asarray(0.12)``, so a value a user
     swaps in that way does not recompile the simulation."""
 
-    def put(x):
+    def prepared(x):
         x = np.asarray(x)
-        if x.ndim == 0 and np.issubdtype(x.dtype, np.floating):
-            return jax.device_put(float(x))
-        return jax.device_put(x)
+        return float(x) if x.ndim == 0 and np.issubdtype(x.dtype, np.floating) else x
 
-    return jax.tree.map(put, tree)
+    leaves, structure = jax.tree.flatten(tree)
+    # one call for every leaf: a transfer per leaf costs tens of microseconds each
+    return jax.tree.unflatten(structure, jax.device_put([prepared(x) for x in leaves]))
 
 
 def _header_values(o, geom, beam_dir, centre, osc, fpixels, spixels, expt):

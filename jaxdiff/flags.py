@@ -10,6 +10,7 @@ a missing value or a value that is not a number is an error (:class:`InputError`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 
@@ -582,6 +583,13 @@ def _long_option(o: Options, argv: list[str], i: int, consumed: list[bool]) -> N
     setattr(o, attr, value)
 
 
+@functools.lru_cache(maxsize=4096)
+def _matching(arg: str) -> tuple[Rule, ...]:
+    """The rules whose name test ``arg`` passes, in table order (a command file repeats the
+    same flags on every line)."""
+    return tuple(rule for rule in RULES if rule.match(arg))
+
+
 def parse(argv: list[str], base: Options | None = None) -> Options:
     """Parse a nanoBragg command line (without the program name) into :class:`Options`,
     starting from ``base`` (e.g. values read from an image header) when given."""
@@ -595,9 +603,7 @@ def parse(argv: list[str], base: Options | None = None) -> Options:
         if not arg.startswith("-") or _looks_numeric(arg):
             continue
         matched = False
-        for rule in RULES:
-            if not rule.match(arg):
-                continue
+        for rule in _matching(arg):
             vals = _values(rule, arg, argv, i)
             if vals is None:
                 matched = matched or rule.lenient

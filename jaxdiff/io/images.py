@@ -23,8 +23,9 @@ def write_float_image(path: str | os.PathLike[str], image: np.ndarray) -> None:
     values = np.asarray(image)
     if values.ndim != 2:
         raise ValueError(f"image must be 2-D (slow, fast), got shape {values.shape}")
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(np.ascontiguousarray(values, dtype="<f4").tobytes())
+    data = np.ascontiguousarray(values, dtype="<f4")
+    with atomic_output(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)  # the array's own buffer: no copy to bytes first
 
 
 def read_float_image(path: str | os.PathLike[str], shape: Sequence[int]) -> np.ndarray:
@@ -77,13 +78,13 @@ def to_int_image(
     test = photons.astype(np.float64)
     test *= float(scale)
     test += float(adc)
-    np.clip(test, 0.0, 65535.0, out=test)
-    test[np.isnan(test)] = 0.0
+    np.fmax(test, 0.0, out=test)  # fmax: NaN becomes 0 too
+    np.minimum(test, 65535.0, out=test)
     test += 0.5
     rounded = test.astype(np.float32)
     np.floor(rounded, out=rounded)
     counts = rounded.astype(np.uint16)
-    counts[~inside] = 0
+    np.multiply(counts, inside, out=counts)
     return counts
 
 

@@ -123,7 +123,7 @@ def write_smv(path: str | os.PathLike[str], data: np.ndarray, header_lines: Sequ
     with atomic_output(path) as tmp:
         with open(tmp, "wb") as handle:
             handle.write(header)
-            handle.write(np.ascontiguousarray(image, dtype="<u2").tobytes())
+            handle.write(np.ascontiguousarray(image, dtype="<u2"))
 
 
 def _parse_header_text(text: str) -> dict[str, str]:
