@@ -325,5 +325,9 @@ def _render(exp: Experiment, cfg: SimConfig) -> Array:
         one = (spix_d[p0, None], fpix_d[p0, None], pidx[p0, None], rendered[p0, None])
         v0, _ = render_block(sh, exp, cfg, *one, tri, True)
         values = values.at[p0].set(jnp.where(any_pass[p0], v0[0], values[p0]))
-    image = jnp.zeros((cfg.spixels, cfg.fpixels), dtype)
-    return image.at[spix, fpix].set(values)
+    # the ROI is a rectangle in raster order: padding (not a scatter) places it in the image,
+    # so that the reverse pass slices the image's cotangent instead of gathering from it
+    fmin, _, smin, _ = cfg.roi
+    ns, nf = cfg.roi_shape
+    block = values.reshape(ns, nf).astype(dtype)
+    return jnp.pad(block, ((smin, cfg.spixels - smin - ns), (fmin, cfg.fpixels - fmin - nf)))
