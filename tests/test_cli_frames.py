@@ -107,7 +107,8 @@ def test_commands_render_each_line_and_report_bad_ones(workdir, capsys):
 
 def test_commands_run_as_the_program_match_single_runs(workdir, capsys):
     """Run as a program, --commands sets up each line on a second CPU device while the
-    previous line renders: every image and summary is still that of the line run alone."""
+    previous line renders: every image and summary is still that of the line run alone. The
+    run imports no HDF5, optimizer or plotting library (start-up stays lean)."""
     lines = [
         " ".join(SMALL) + f" -misset {m} -distance {d} -nopgm -floatfile {n}.bin -intfile {n}.img"
         for n, m, d in (("a", "10 5 3", 100), ("b", "-40 20 170", 130), ("c", "0 90 0", 80))
@@ -115,14 +116,20 @@ def test_commands_run_as_the_program_match_single_runs(workdir, capsys):
     (workdir / "lines.txt").write_text("\n".join(lines) + "\n")
     env = dict(os.environ, JAXDIFF_CACHE_DIR=str(workdir / "cache"))
     env.pop("XLA_FLAGS", None)
+    program = (
+        "import sys; from jaxdiff.cli import main; status = main(); "
+        "print('heavy:', sorted({'h5py', 'optax', 'matplotlib'} & set(sys.modules))); "
+        "sys.exit(status)"
+    )
     done = subprocess.run(
-        [sys.executable, "-m", "jaxdiff.cli", "--commands", "lines.txt", "-nonoise"],
+        [sys.executable, "-c", program, "--commands", "lines.txt", "-nonoise"],
         cwd=workdir,
         env=env,
         capture_output=True,
         text=True,
     )
     assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "heavy: []"
     blocks = done.stdout.split("== lines.txt:")[1:]
     assert len(blocks) == 3
     for line, block in zip(lines, blocks, strict=True):
