@@ -189,31 +189,48 @@ def square_lattice_sq(h: Array, k: Array, l: Array, ncells: Array) -> Array:
 @functools.partial(square_lattice_sq.defjvp, symbolic_zeros=True)
 def _square_lattice_sq_jvp(primals, tangents):
     h, k, l, ncells = primals
-    hkl = (h, k, l)
-    dn = tangents[3]
-    # each sine and cosine is computed once and kept (the value and all slopes read them)
+    dhkl = [None if isinstance(t, SymbolicZero) else t for t in tangents[:3]]
+    dn = None if isinstance(tangents[3], SymbolicZero) else tangents[3]
+    return square_lattice_sq_jvp((h, k, l), ncells, dhkl, dn, per_axis=False)
+
+
+def square_lattice_sq_jvp(hkl, ncells: Array, dhkl, dn, per_axis: bool) -> tuple[Array, Array]:
+    """:func:`square_lattice_sq` of ``hkl`` (three arrays) and its tangent for index tangents
+    ``dhkl`` (three arrays, None where zero) and Na, Nb, Nc tangent ``dn`` (None if zero).
+
+    Each sine and cosine is computed once and kept (:func:`_kept`): the value and all slopes
+    read them. The tangent is F_latt² Σ_j (slope_h_j dh_j + slope_N_j dN_j); with ``per_axis``
+    the products F_latt² slope_h_j are kept as arrays of their own, so that a reverse pass
+    which sums the index cotangents into several quantities per evaluation (the scattering
+    vectors' three components) reads three arrays instead of recomputing each product from
+    the kept sines in every sum.
+    """
     unit = jnp.abs(ncells[0]) + 1.0
     unit = unit / unit
     sincos = [[_kept(a, unit) for a in _grating_sincos(x, ncells[j])] for j, x in enumerate(hkl)]
     sines = [(s1, s0) for s1, _, s0, _ in sincos]
-    cosines = [(c1, c0) for _, c1, _, c0 in sincos]
     value = _lattice_sq_from_parts(hkl, ncells, sines)
-    rate = None
+    rate, tangent = None, None
     for j, x in enumerate(hkl):
-        if isinstance(tangents[j], SymbolicZero) and isinstance(dn, SymbolicZero):
+        if dhkl[j] is None and dn is None:
             continue
-        (s1, s0), (c1, c0) = sines[j], cosines[j]
-        slope_h, slope_n = _grating_log_slopes(x, ncells[j], (s1, c1, s0, c0))
+        slope_h, slope_n = _grating_log_slopes(x, ncells[j], sincos[j])
         parts = []
-        if not isinstance(tangents[j], SymbolicZero):
-            parts.append(slope_h * tangents[j])
-        if not isinstance(dn, SymbolicZero):
+        if dhkl[j] is not None:
+            if per_axis:
+                term = _kept(value * slope_h, unit) * dhkl[j]
+                tangent = term if tangent is None else tangent + term
+            else:
+                parts.append(slope_h * dhkl[j])
+        if dn is not None:
             parts.append(slope_n * dn[j])
-        term = sum(parts[1:], parts[0])
-        rate = term if rate is None else rate + term
-    if rate is None:
-        return value, jnp.zeros_like(value)
-    return value, value * rate
+        if parts:
+            term = sum(parts[1:], parts[0])
+            rate = term if rate is None else rate + term
+    if rate is not None:
+        term = value * rate
+        tangent = term if tangent is None else tangent + term
+    return value, jnp.zeros_like(value) if tangent is None else tangent
 
 
 def sinc3(x: Array) -> Array:
