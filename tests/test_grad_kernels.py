@@ -1,5 +1,6 @@
 """Gradients of the kernels at their singular points: sincg and the squared square-lattice
 transform at integer h (a Bragg peak), sinc3 at 0, the round and Gaussian shapes at a peak, a
+the lattice transform of (s, a) in both derivative forms, a
 rotation vector at 0, a unit vector of zero, polarization along the beam, tricubic
 interpolation, and the misorientation angle of equal rotations. Each gradient must be finite
 and equal to the analytic value or to central finite differences (float64).
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff import physics
+from jaxdiff import physics, render
 from jaxdiff.beam import polarization_factor, safe_unit
 from jaxdiff.refine import misorientation
 from jaxdiff.rotation import rotation_vector_matrix
@@ -112,6 +113,38 @@ def test_square_lattice_sq_written_out_slopes_match_the_traced_ones(d):
     tangent = f64([0.3, -1.1, 0.7])
     _, jvp = jax.jvp(lambda x: ours(x, n), (x,), (tangent,))
     assert float(jvp) == pytest.approx(float(jnp.dot(g_ours[0], tangent)), rel=1e-12, abs=1e-30)
+
+
+@pytest.mark.parametrize("wrt", ["s", "a", "n", "s+a+n"])
+def test_oriented_lattice_sq_matches_the_traced_derivative(wrt):
+    """F_latt² of the Miller indices of (s, a): its derivative, which keeps per-axis products
+    when the scattering vectors vary and not otherwise, equals JAX's derivative of the sincg
+    product in reverse and forward mode, with a Bragg peak (integer h, k, l) among the points."""
+    rng = np.random.default_rng(3)
+    a = f64(rng.normal(size=(3, 3)) * 1e-8)
+    s = [f64(rng.normal(size=(2, 5)) * 3e9) for _ in range(3)]
+    # the first point sits on the reflection (2, -1, 3)
+    s_peak = np.linalg.solve(np.asarray(a), np.array([2.0, -1.0, 3.0]))
+    s = tuple(c.at[0, 0].set(s_peak[i]) for i, c in enumerate(s))
+    n = f64([6.0, 7.5, 1.0])
+    which = {"s": (0,), "a": (1,), "n": (2,), "s+a+n": (0, 1, 2)}[wrt]
+
+    def loss(fn):
+        return lambda s, a, n: jnp.sum(jnp.sqrt(fn(s, a, n)) * jnp.arange(1.0, 11.0).reshape(2, 5))
+
+    ours = loss(render.oriented_lattice_sq)
+    ref = loss(lambda s, a, n: _lattice_sq_traced(jnp.stack(render.miller_indices(s, a)), n))
+    g_ours = jax.tree_util.tree_leaves(jax.grad(ours, argnums=which)(s, a, n))
+    g_ref = jax.tree_util.tree_leaves(jax.grad(ref, argnums=which)(s, a, n))
+    for x, y in zip(g_ours, g_ref, strict=True):
+        assert np.all(np.isfinite(np.asarray(x)))
+        scale = float(jnp.max(jnp.abs(y)))
+        assert scale > 0.0
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-9, atol=1e-12 * scale)
+    j_ours = jax.tree_util.tree_leaves(jax.jacfwd(ours, argnums=which)(s, a, n))
+    for x, y in zip(j_ours, g_ref, strict=True):
+        scale = float(jnp.max(jnp.abs(y)))
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-9, atol=1e-12 * scale)
 
 
 def test_square_lattice_sq_slope_at_a_zero_of_the_grating():
