@@ -1,8 +1,8 @@
 """Gradients of the kernels at their singular points: sincg and the squared square-lattice
-transform at integer h (a Bragg peak), sinc3 at 0, the round and Gaussian shapes at a peak, a
-the lattice transform of (s, a) in both derivative forms, a
-rotation vector at 0, a unit vector of zero, polarization along the beam, tricubic
-interpolation, and the misorientation angle of equal rotations. Each gradient must be finite
+transform at integer h (a Bragg peak), the transform of Miller indices (s, a) in both its
+derivative forms, sinc3 at 0, the round and Gaussian shapes at a peak, a rotation vector at 0,
+a unit vector of zero, polarization along the beam, tricubic interpolation, and the
+misorientation angle of equal rotations. Each gradient must be finite
 and equal to the analytic value or to central finite differences (float64).
 """
 
