@@ -65,9 +65,6 @@ class DialsExperiment:
         beam_direction: (3,) unit vector along which the beam travels (dxtbx's −direction).
         polar_vector: (3,) E-vector direction; polarization: Kahn factor (2f − 1 of DIALS'
             polarization fraction f).
-        fast_axis, slow_axis: (3,) unit vectors; origin: (3,) first pixel's corner [m].
-        pixel_size: [m]; image_size: (fast, slow) pixels; thickness: sensor [m]; mu: [1/m]
-            (of panel 0).
         real_space: (3, 3) rows a, b, c [Å] in the frame where φ turns about
             ``rotation_axis`` (S·F applied), or None without a crystal.
         rotation_axis: (3,) unit φ axis S·e, or None without a goniometer.
@@ -75,7 +72,9 @@ class DialsExperiment:
         oscillation: (φ at the start of the first image, width) [rad], or None without a scan.
         document: the parsed file, kept to write a fitted model back into it.
         index: the experiment's position in the file's list.
-        panels: every panel of the detector (:class:`DialsPanel`), in the file's order.
+        panels: every panel of the detector (:class:`DialsPanel`), in the file's order; the
+            first panel's fields are also attributes of the experiment (``fast_axis``,
+            ``slow_axis``, ``origin``, ``pixel_size``, ``image_size``, ``thickness``, ``mu``).
     """
 
     path: str
@@ -83,20 +82,47 @@ class DialsExperiment:
     beam_direction: np.ndarray
     polar_vector: np.ndarray
     polarization: float
-    fast_axis: np.ndarray
-    slow_axis: np.ndarray
-    origin: np.ndarray
-    pixel_size: float
-    image_size: tuple[int, int]
-    thickness: float
-    mu: float
     real_space: np.ndarray | None
     rotation_axis: np.ndarray | None
     setting: np.ndarray
     oscillation: tuple[float, float] | None
     document: dict
-    index: int = 0
-    panels: tuple[DialsPanel, ...] = ()
+    index: int
+    panels: tuple[DialsPanel, ...]
+
+    def __post_init__(self):
+        if not self.panels:
+            raise ValueError("a DIALS experiment has at least one panel")
+
+    # the first panel's geometry: a single panel's, and what the flag path reads (-pixel,
+    # -detpixels, the sensor)
+    @property
+    def fast_axis(self) -> np.ndarray:
+        return self.panels[0].fast_axis
+
+    @property
+    def slow_axis(self) -> np.ndarray:
+        return self.panels[0].slow_axis
+
+    @property
+    def origin(self) -> np.ndarray:
+        return self.panels[0].origin
+
+    @property
+    def pixel_size(self) -> float:
+        return self.panels[0].pixel_size
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.panels[0].image_size
+
+    @property
+    def thickness(self) -> float:
+        return self.panels[0].thickness
+
+    @property
+    def mu(self) -> float:
+        return self.panels[0].mu
 
     def beam(self, **kwargs) -> Beam:
         """The beam (keyword arguments as for :meth:`Beam.from_wavelength`, e.g. fluence)."""
@@ -297,7 +323,6 @@ def _experiment(path: str, doc: dict, index: int) -> DialsExperiment:
         beam_direction=travel,
         polar_vector=_unit(path, e_vector, "polarization plane"),
         polarization=2.0 * fraction - 1.0,
-        **frames[0]._asdict(),
         real_space=real_space,
         rotation_axis=rotation_axis,
         setting=frame,
