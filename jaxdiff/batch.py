@@ -47,8 +47,9 @@ def _batched(exp: Experiment, crystals: Crystal, cfg: SimConfig) -> Array:
 
 
 def simulate_batch(exp: Experiment, crystals: Crystal, cfg: SimConfig) -> Array:
-    """Images (B, slow, fast) of B crystals (leaves with a leading axis B), sharded across the
-    local devices along B. B should be a multiple of the device count (it is padded if not)."""
+    """Images (B, slow, fast), or (B, panel, slow, fast) for a multi-panel detector, of B
+    crystals (leaves with a leading axis B), sharded across the local devices along B. B should
+    be a multiple of the device count (it is padded if not)."""
     n = jax.tree_util.tree_leaves(crystals)[0].shape[0]
     devices = jax.local_devices()
     pad = (-n) % len(devices)
@@ -163,7 +164,6 @@ def main(argv: list[str] | None = None) -> int:
 def _run(ours, flags) -> int:
     """Render the stack the parsed options describe; returns this process's index."""
     from jaxdiff import aot
-    from jaxdiff.cli import single_panel
     from jaxdiff.errors import InputError
     from jaxdiff.experiment import build
 
@@ -173,7 +173,6 @@ def _run(ours, flags) -> int:
     if (ours.crystals is None) == (ours.random_orientations is None):
         raise InputError("give one of --crystals FILE or --random-orientations N")
     setup = build(flags)
-    single_panel(setup, "jaxdiff-batch")
     base = setup.experiment.crystal
     if ours.crystals:
         table = _read_crystal_table(ours.crystals)

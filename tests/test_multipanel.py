@@ -1,6 +1,6 @@
 """Multi-panel detectors: a 4-panel detector written by dxtbx (a turned group, gaps between the
-panels, one panel tilted), read from its experiment list, traced, rendered, differentiated and
-written as NXmx.
+panels, one panel tilted), read from its experiment list, traced, rendered, differentiated,
+written as NXmx and rendered as a batch of crystals.
 
 dxtbx runs in the system Python (``/usr/bin/python3``) in a subprocess; the tests fail, never
 skip, when it is missing. dxtbx's fractional Miller indices are A⁻¹·(s1 − s0) at pixel centres
@@ -302,22 +302,28 @@ def test_the_command_renders_and_traces_every_panel(four_panels, tmp_path, monke
         assert list(tmp_path.iterdir()) == []
 
 
-def test_single_panel_commands_refuse_a_multi_panel_file(four_panels, tmp_path, capsys):
-    """jaxdiff-batch and jaxdiff-refine render one panel: one line, status 2, no file."""
+def test_batch_renders_a_stack_of_every_panel_that_dxtbx_reads(four_panels, tmp_path):
+    """``jaxdiff-batch --expt`` of the 4-panel file: each image of the stack is the crystal's
+    own four-panel render, and dxtbx loads the stack's modules where the experiment list puts
+    the panels, with the first image's pixels."""
     from jaxdiff import batch
-    from jaxdiff.refine import cli as refine_cli
 
-    path = str(four_panels[0])
+    path, ref, exp, cfg = four_panels
     out = tmp_path / "stack.h5"
-    argv = ["--expt", path, "-default_F", "100", "--random-orientations", "2"]
-    assert batch.main(argv + ["--hdf5", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert "renders single-panel detectors; this one has 4" in err and err.count("\n") == 1
-    assert not out.exists()
-    observed = tmp_path / "obs.bin"
-    np.zeros((4, 20, 16), np.float32).tofile(observed)
-    refine_argv = ["--observed", str(observed), "--expt", path, "--", "-default_F", "100"]
-    assert refine_cli.main(refine_argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("jaxdiff-refine: error: --expt: jaxdiff-refine renders single-panel")
-    assert err.count("\n") == 1
+    argv = ["--expt", str(path), "-default_F", "100", "-N", "5", "-oversample", "1"]
+    assert batch.main(argv + ["--random-orientations", "2", "--hdf5", str(out)]) == 0
+    images, experiments, config = read_hdf5(out)
+    assert images.shape == (2, PANELS, IMAGE[1], IMAGE[0]) and config == cfg
+    for image, stored in zip(images, experiments, strict=True):
+        assert stored.detector.panels == PANELS
+        one = dataclasses.replace(exp, crystal=stored.crystal)
+        expected = np.asarray(jaxdiff.simulate(one, cfg), dtype=np.float32)
+        assert expected.max() > 0.0
+        np.testing.assert_allclose(image, expected, rtol=1e-6, atol=1e-6 * expected.max())
+    assert not np.array_equal(images[0], images[1])
+    loaded = dxtbx("nxmx", out)
+    assert np.max(np.abs(loaded["positions"] - ref["positions"])) < MM_TOLERANCE
+    for p in range(PANELS):
+        np.testing.assert_array_equal(
+            np.asarray(loaded["raw"][p], dtype=np.float32), images[0, p].ravel()
+        )

@@ -341,8 +341,6 @@ class StackWriter:
         self._ctx = None
 
     def __enter__(self) -> StackWriter:
-        if self._exp.detector.panels:
-            raise ValueError("StackWriter: stacks of multi-panel images are not supported")
         self._ctx = atomic_output(self._path)
         tmp = self._ctx.__enter__()
         try:
@@ -352,7 +350,7 @@ class StackWriter:
                 self._file,
                 [self._exp] * self._n,
                 self._config,
-                shape=(self._config.spixels, self._config.fpixels),
+                shape=(self._exp.detector.panel_count * self._config.spixels, self._config.fpixels),
                 oscillation=self._oscillation,
                 extra_images=(),
                 varying=varying,
@@ -364,8 +362,9 @@ class StackWriter:
         return self
 
     def write(self, start: int, images, crystals) -> None:
-        """Store ``images`` (b, slow, fast) and their crystals (leaves (b, ...)) at ``start``."""
-        images = np.asarray(images, dtype=np.float32)
+        """Store ``images`` (b, slow, fast), or (b, panel, slow, fast), and their crystals
+        (leaves (b, ...)) at ``start``."""
+        images = _image_stack(images, "images", self._exp.detector.panels).astype(np.float32)
         stop = start + images.shape[0]
         self._data[start:stop] = images
         for (_, *rest), ds in self._crystal.items():
