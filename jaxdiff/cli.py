@@ -363,13 +363,6 @@ def guarded(fn, *args, where: str = "", program: str = "jaxdiff") -> tuple[int, 
         return 1, None
 
 
-def single_panel(setup, program: str) -> None:
-    """Refuse a multi-panel detector in a command that renders one panel."""
-    panels = setup.experiment.detector.panels
-    if panels > 1:
-        raise InputError(f"--expt: {program} renders single-panel detectors; this one has {panels}")
-
-
 def command_lines(path: str) -> list[tuple[int, list[str]]]:
     """The command lines of a --commands file: (line number, arguments) for each line that is
     not blank or a ``#`` comment; a leading program name (nanoBragg, jaxdiff) is dropped."""

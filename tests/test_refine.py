@@ -27,6 +27,7 @@ from refinecase import (
     orientation_error_deg,
 )
 
+from jaxdiff import Detector
 from jaxdiff.experiment import build
 from jaxdiff.io import read_mosflm_matrix
 from jaxdiff.refine import (
@@ -50,7 +51,7 @@ from jaxdiff.refine.cli import matrix_text
 from jaxdiff.refine.driver import _Data, default_optimizer, make_fitter, make_model
 from jaxdiff.refine.losses import least_squares_curvature, poisson_curvature
 from jaxdiff.refine.params import ROTATION_UNIT, apply_offsets, initial_offsets
-from jaxdiff.refine.picture import fit_picture, strongest_spots, write_png
+from jaxdiff.refine.picture import _stacked_panels, fit_picture, strongest_spots, write_png
 from jaxdiff.refine.search import search_orientation
 from jaxdiff.simulate import simulate
 
@@ -268,6 +269,34 @@ def test_bad_arguments_are_refused(truth):
         refine(setup, [observed, observed])
     with pytest.raises(ValueError, match="config"):
         refine(setup.experiment, observed)
+
+
+def test_multi_panel_images_have_the_detector_shape(truth):
+    """A two-panel model takes (panel, slow, fast) images, and refuses the single-panel
+    groups distance and beam_centre before any work."""
+    setup, _, observed, _ = truth
+    det = setup.experiment.detector
+    two = Detector.from_panels([det, dataclasses.replace(det, beam_f=det.beam_f - 0.05)])
+    exp = dataclasses.replace(setup.experiment, detector=two, mask=jnp.ones(two.shape))
+    with pytest.raises(ValueError, match=r"\(2, 96, 96\) \(panel, slow, fast\)"):
+        refine(exp, observed, config=setup.config)
+    pair = np.stack([observed, observed])
+    for group in ("distance", "beam_centre"):
+        with pytest.raises(ValueError, match=f"{group}: fitted for single-panel detectors only"):
+            refine(exp, pair, config=setup.config, fit=("rotation", group))
+
+
+def test_picture_windows_of_a_multi_panel_image_stay_inside_their_panel():
+    image = np.zeros((2, 20, 20))
+    image[0, 19, 10] = 9.0  # on panel 0's last row: its window would reach into panel 1
+    image[1, 10, 12] = 5.0
+    stacked, _, _, inside = _stacked_panels(image, image, image, None, 3)
+    assert stacked.shape == (40, 20) and stacked[19, 10] == 9.0
+    assert strongest_spots(stacked, 5, 3)[:2] == [(19, 10), (30, 12)]
+    kept = strongest_spots(stacked, 5, 3, inside)
+    assert kept[0] == (30, 12) and all(3 <= s % 20 < 17 for s, _ in kept)
+    picture = fit_picture(np.asarray([2.0, 1.0]), np.asarray([0, 0]), image, image, image)
+    assert picture.ndim == 3 and picture.shape[2] == 3
 
 
 def test_poisson_nll_is_the_likelihood_up_to_a_constant():

@@ -10,6 +10,7 @@ compiled fit is shared).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import h5py
@@ -26,9 +27,12 @@ from refinecase import (
     orientation_error_deg,
 )
 
+from jaxdiff import Detector, assemble
 from jaxdiff import cli as simulate_cli
+from jaxdiff.experiment import build
 from jaxdiff.flags import Options
 from jaxdiff.io import read_float_image, read_mosflm_matrix, read_smv
+from jaxdiff.io.dials import read_experiment, write_experiments
 from jaxdiff.refine.cli import main, split_argv
 from jaxdiff.rotation import rotate_xyz
 
@@ -246,3 +250,95 @@ def test_no_model_flags_and_no_observed_image(run, capsys):
     assert run("--", *FLAGS) == 2
     err = capsys.readouterr().err.strip()
     assert err == "jaxdiff-refine: error: the following arguments are required: --observed"
+
+
+# FLAGS' 96 x 96 detector cut into four 48 x 48 panels with 1 mm gaps, as a DIALS experiment
+# list; the model flags that --expt leaves to the command line.
+QUADRANT = 48
+PANEL_GAP = 1e-3  # m
+PANEL_FLAGS = ["-default_F", "100", "-N", "6", "-oversample", "1"]
+
+
+@pytest.fixture(scope="module")
+def four_panels(tmp_path_factory):
+    """A folder with true.expt (the A.mat crystal on the four-panel detector) and its
+    noise-free image as HDF5 (obs.h5), raw float32 (obs.bin) and per-panel SMV files, at a
+    fluence ``BRIGHTER`` times the default."""
+    cwd = tmp_path_factory.mktemp("refine_panels")
+    (cwd / "inputs").symlink_to(INPUTS)
+    setup = build(FLAGS, cwd=cwd)
+    exp, det = setup.experiment, setup.experiment.detector
+    step = QUADRANT * float(det.pixel_size) + PANEL_GAP
+    panels = [
+        dataclasses.replace(
+            det,
+            image_size=(QUADRANT, QUADRANT),
+            beam_f=det.beam_f - j * step,
+            beam_s=det.beam_s - i * step,
+        )
+        for i in range(2)
+        for j in range(2)
+    ]
+    true = assemble(exp.beam, exp.crystal, Detector.from_panels(panels), default_F=100.0)
+    write_experiments(cwd / "true.expt", true)
+    outputs = ["-floatfile", "obs.bin", "--hdf5", "obs.h5", "-intfile", "int.img", "-nonoise"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        status = simulate_cli.main(
+            ["--expt", "true.expt", *PANEL_FLAGS, *outputs, "-nopgm"]
+            + ["-fluence", str(BRIGHTER * DEFAULT_FLUENCE)]
+        )
+    assert status == 0
+    return cwd
+
+
+def test_fit_on_a_multi_panel_detector(four_panels, monkeypatch, capsys):
+    """The four panels' image, from HDF5 and from raw float32 (panels one above the other):
+    the fit undoes the misset, and the fitted experiment list keeps the four panels."""
+    monkeypatch.chdir(four_panels)
+    model = ["--expt", "true.expt", "--", *PANEL_FLAGS, *MISSET]
+    outputs = ["--expt-out", "fit.expt", "--picture", "fit.png", "--quiet"]
+    for observed in ("obs.h5", "obs.bin"):
+        for name in ("refined.mat", "refine.json", "fit.expt", "fit.png"):
+            (four_panels / name).unlink(missing_ok=True)
+        assert main(["--observed", observed, *outputs, *model]) == 0
+        out = capsys.readouterr().out
+        assert f"4 panels of {QUADRANT}x{QUADRANT} pixels" in out and "\nconverged:" in out
+        # Noise-free: the fit is limited by the optimiser's tolerance only.
+        assert fitted_error(four_panels) < 1e-4
+        report = json.loads((four_panels / "refine.json").read_text())
+        assert report["pixels_fitted"] == 4 * QUADRANT * QUADRANT
+        assert report["search"]["spots"] > 0
+        fitted = read_experiment(four_panels / "fit.expt")
+        assert len(fitted.panels) == 4
+        assert (four_panels / "fit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the search finds spots on every panel
+    from jaxdiff.refine.search import image_spots
+
+    image = read_float_image(four_panels / "obs.bin", (4 * QUADRANT, QUADRANT))
+    image = image.reshape(4, QUADRANT, QUADRANT)
+    panel, _, _ = image_spots(image, np.ones(image.shape, bool), 400)
+    assert set(panel.tolist()) == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--observed", "int_panel0.img"), "SMV image of one panel; the model's detector has 4"),
+        (
+            ("--observed", "obs.h5", "--fit", "rotation,distance"),
+            "--fit: distance is fitted for single-panel detectors only",
+        ),
+        (("--observed", "int_panel0.img", "--fit", "beam_centre"), "--fit: beam_centre"),
+    ],
+)
+def test_multi_panel_mistakes_give_one_message(four_panels, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(four_panels)
+    for name in ("refined.mat", "refine.json"):
+        (four_panels / name).unlink(missing_ok=True)
+    assert main([*args, "--expt", "true.expt", "--", *PANEL_FLAGS]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("jaxdiff-refine: error: ") and message in err
+    assert len(err.splitlines()) == 1
+    assert not (four_panels / "refined.mat").exists()
+    assert not (four_panels / "refine.json").exists()

@@ -11,7 +11,9 @@ first image-sized dataset; ``--frame`` picks one image of a stack). With ``--fra
 observation is a sweep of N frames of one crystal: files named by a '#' template (frame k is
 ``obs_0000k.img``), or N images of an HDF5 stack from ``--frame`` on (``--frames all``: to the
 end of the stack). The flags describe frame 1 (-phi, -osc, -phisteps); frame k is rendered
-from φ0 + (k-1)·osc, and all frames share one orientation (each keeps its own scale).
+from φ0 + (k-1)·osc, and all frames share one orientation (each keeps its own scale). For a
+multi-panel model (``--expt``) each image holds all the panels one above the other, as jaxdiff's
+raw float and HDF5 files do.
 
 The fit starts with a global orientation search (``--search-radius``), then runs the
 coarse-to-fine schedule from the model the flags describe. It writes the fitted MOSFLM A matrix
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxdiff.cli import guarded, single_panel
+from jaxdiff.cli import guarded
 from jaxdiff.errors import InputError
 
 _PNG = b"\x89PNG"
@@ -193,9 +195,12 @@ def _frame_count(text: str) -> int | None:
     return count
 
 
-def read_observed(path: str, shape: tuple[int, int], args, adc_default: float):
+def read_observed(path: str, shape: tuple[int, int], args, adc_default: float, panels: int = 0):
     """(photons per pixel, pixels to fit, format name, ADC offset subtracted, file names) of
-    each frame (lists): one image, the files of a '#' template, or images of an HDF5 stack."""
+    each frame (lists): one image, the files of a '#' template, or images of an HDF5 stack.
+
+    ``shape``: (slow, fast) of the image in the file; a multi-panel detector's (``panels``)
+    images hold its panels one above the other, as jaxdiff writes them (raw float32, HDF5)."""
     from jaxdiff.io import read_float_image, read_smv
     from jaxdiff.io.frames import frame_paths, is_template
 
@@ -227,6 +232,12 @@ def read_observed(path: str, shape: tuple[int, int], args, adc_default: float):
                     f"--observed, got {path}"
                 )
             if head.startswith(b"{"):
+                if panels:
+                    raise InputError(
+                        f"--observed: {name} is an SMV image of one panel; the model's detector "
+                        f"has {panels} panels: give them in one file, HDF5 or raw float32 with "
+                        "the panels one above the other (as jaxdiff -hdf5 or -floatfile writes)"
+                    )
                 _, counts = read_smv(p)
                 kind, adc, saturation = "smv", adc_default if args.adc is None else args.adc, True
                 found = [counts.astype(np.float64)]
@@ -332,15 +343,31 @@ def run(argv: list[str]) -> int:
     if not flags and not args.expt:
         raise InputError("no model: give the nanoBragg flags that describe it")
     setup = build((["--expt", args.expt] if args.expt else []) + flags)
-    single_panel(setup, "jaxdiff-refine")
     cfg = setup.config
+    det = setup.experiment.detector
+    if det.panels:
+        moved = sorted({"distance", "beam_centre"} & set(groups))
+        if moved:
+            raise InputError(
+                f"--fit: {', '.join(moved)} is fitted for single-panel detectors only; the "
+                f"model's detector has {det.panels} panels, each placed by its own vectors"
+            )
     observed, usable, kind, adc, names = read_observed(
-        args.observed, (cfg.spixels, cfg.fpixels), args, setup.options.adc_offset
+        args.observed,
+        (det.panel_count * cfg.spixels, cfg.fpixels),
+        args,
+        setup.options.adc_offset,
+        det.panels,
     )
+    observed = [image.reshape(det.shape) for image in observed]
+    usable = [use.reshape(det.shape) for use in usable]
     frames = len(observed)
     what = f"image {names[0]}" if frames == 1 else f"sweep of {frames} frames {names[0]} ..."
+    size = f"{cfg.spixels}x{cfg.fpixels} pixels"
+    if det.panels:
+        size = f"{det.panels} panels of {size}"
     print(
-        f"jaxdiff-refine: {kind} {what}, {cfg.spixels}x{cfg.fpixels} pixels; "
+        f"jaxdiff-refine: {kind} {what}, {size}; "
         f"fitting {', '.join(groups)} ({args.loss} loss, {len(schedule)} stages)"
     )
     search = None

@@ -247,7 +247,7 @@ def make_model(configs: tuple[SimConfig, ...], loss: str):
         info = []
         for i, (m, jac) in enumerate(zip(models, jacobians, strict=True)):
             curv = curvature(m, data.observed[i], data.background[i], data.mask[i])
-            info.append(jnp.einsum("sf,sfp->p", curv, jac * jac))
+            info.append(jnp.einsum("...,...p->p", curv, jac * jac))
         return jnp.stack(info), models
 
     return images, total, fisher
@@ -453,9 +453,12 @@ def refine(
             or a list of them, one per image (for a rotation sweep, :func:`sweep_models`). Their
             values are the starting point. Images share cell, Ncells, mosaic spread, distance
             and beam centre; the scale is per image.
-        observed: photons per pixel (slow, fast) of each image (ADC offset removed).
+        observed: photons per pixel of each image (ADC offset removed), in the shape of its
+            detector (:attr:`jaxdiff.Detector.shape`): (slow, fast), or (panel, slow, fast)
+            for a multi-panel detector.
         config: the static configuration, when ``models`` are bare experiments.
-        fit: parameter groups to fit, from ``jaxdiff.refine.GROUPS``.
+        fit: parameter groups to fit, from ``jaxdiff.refine.GROUPS`` (distance and
+            beam_centre: single-panel detectors only).
         orientation: "per_image" (separate crystals or stills) or "shared" (one crystal: the
             frames of a sweep, each at its own φ).
         loss: "poisson" (negative log-likelihood) or "lsq" (Poisson-weighted least squares).
@@ -489,16 +492,23 @@ def refine(
             "mosaic: the model has no mosaic spread to fit; give it a spread and several "
             "domains (-mosaic, -mosaic_domains)"
         )
+    moved = sorted({"distance", "beam_centre"} & set(groups))
+    if moved and any(e.detector.panels for e in exps):
+        raise ValueError(
+            f"{', '.join(moved)}: fitted for single-panel detectors only; each panel of a "
+            "multi-panel detector has its own position"
+        )
     backgrounds = _per_image(background, n, "background")
     masks = _per_image(mask, n, "mask")
     dtype = jnp.dtype(cfgs[0].dtype)
     obs_np, use_np, obs_j, bg_j, mask_j = [], [], [], [], []
     for i, (exp, cfg) in enumerate(zip(exps, cfgs, strict=True)):
         obs = np.asarray(obs_list[i], dtype=np.float64)
-        if obs.shape != (cfg.spixels, cfg.fpixels):
+        if obs.shape != exp.detector.shape:
+            axes = "panel, slow, fast" if exp.detector.panels else "slow, fast"
             raise ValueError(
                 f"observed image {i}: shape {obs.shape}, but the model has "
-                f"{(cfg.spixels, cfg.fpixels)} (slow, fast) pixels"
+                f"{exp.detector.shape} ({axes}) pixels"
             )
         use = valid_pixels(obs, np.asarray(exp.mask)) & cfg.roi_mask()
         if masks[i] is not None:

@@ -125,6 +125,18 @@ def loss_panel(history: np.ndarray, stages: np.ndarray, width: int, height: int)
     return panel
 
 
+def _stacked_panels(observed, start, fitted, mask, half: int):
+    """Panels one above the other, (panel · slow, fast), and a mask that keeps every spot
+    window inside its own panel (no centre within ``half`` rows of a panel's top or bottom)."""
+    panels, slow, fast = np.shape(observed)
+    inside = np.zeros((panels, slow, fast), dtype=bool)
+    inside[:, half : slow - half, :] = True
+    if mask is not None:
+        inside &= np.broadcast_to(np.asarray(mask) != 0, inside.shape)
+    images = (np.reshape(np.asarray(a), (panels * slow, fast)) for a in (observed, start, fitted))
+    return (*images, inside.reshape(panels * slow, fast))
+
+
 def strongest_spots(image: np.ndarray, count: int, half: int, mask=None) -> list[tuple[int, int]]:
     """(slow, fast) of up to ``count`` brightest local maxima, at least 2·half+1 apart and
     ``half`` from the edges."""
@@ -162,7 +174,12 @@ def fit_picture(
     half: int = 7,
     zoom: int = 8,
 ) -> np.ndarray:
-    """The RGB picture described in the module docstring, as an (height, width, 3) array."""
+    """The RGB picture described in the module docstring, as an (height, width, 3) array.
+
+    Images are (slow, fast), or (panel, slow, fast) for a multi-panel detector: its spots are
+    taken from every panel, each window inside one panel."""
+    if np.ndim(observed) == 3:
+        observed, start, fitted, mask = _stacked_panels(observed, start, fitted, mask, half)
     side = (2 * half + 1) * zoom
     gap = 8
     label = 72

@@ -69,6 +69,40 @@ def find_spots(observed: np.ndarray, mask: np.ndarray, count: int) -> tuple[np.n
     return s[order], f[order]
 
 
+def image_spots(
+    observed: np.ndarray, mask: np.ndarray, count: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(panel, slow, fast) indices of up to ``count`` brightest spots of an image, (slow, fast)
+    (panel 0) or (panel, slow, fast): :func:`find_spots` on each panel, the brightest kept."""
+    obs = np.asarray(observed, dtype=np.float64)
+    use = np.broadcast_to(np.asarray(mask), obs.shape)
+    if obs.ndim == 2:
+        s, f = find_spots(obs, use, count)
+        return np.zeros_like(s), s, f
+    found = [find_spots(obs[p], use[p], count) for p in range(obs.shape[0])]
+    panel = np.concatenate([np.full(s.size, p, dtype=int) for p, (s, _) in enumerate(found)])
+    s = np.concatenate([s for s, _ in found]).astype(int)
+    f = np.concatenate([f for _, f in found]).astype(int)
+    order = np.argsort(obs[panel, s, f], kind="stable")[::-1][:count]
+    return panel[order], s[order], f[order]
+
+
+def panel_spot_vectors(
+    exp: Experiment, cfg: SimConfig, panel: np.ndarray, spix: np.ndarray, fpix: np.ndarray
+) -> Array:
+    """:func:`spot_vectors` of pixels on the panels ``panel`` of a multi-panel detector (on
+    the one panel of a single-panel detector, ``panel`` all zero)."""
+    if not exp.detector.panels:
+        return spot_vectors(exp, cfg, spix, fpix)
+    parts, where = [], []
+    for p in np.unique(panel):
+        sel = np.flatnonzero(panel == p)
+        one = dataclasses.replace(exp, detector=exp.detector.panel(int(p)), mask=exp.mask[p])
+        parts.append(spot_vectors(one, cfg, spix[sel], fpix[sel]))
+        where.append(sel)
+    return jnp.concatenate(parts)[np.argsort(np.concatenate(where))]
+
+
 def spot_vectors(exp: Experiment, cfg: SimConfig, spix: np.ndarray, fpix: np.ndarray) -> Array:
     """Scattering vectors [1/Å] of pixel centres (P,), turned back to φ = 0 by the frame's
     mean φ: the vectors a reflection must match at φ = 0 (mean source, mean wavelength)."""
@@ -144,13 +178,13 @@ def search_orientation(
     ``search`` around the first experiment's orientation; zero when too few spots are found."""
     qs, weights = [], []
     for exp, cfg, obs, mask in zip(experiments, configs, observed, masks, strict=True):
-        spix, fpix = find_spots(obs, mask, search.spots)
+        panel, spix, fpix = image_spots(obs, mask, search.spots)
         # A fixed number of spots per image (the missing ones with weight 0), so that the
         # scoring compiles once per configuration.
         n = spix.size
-        spix = np.concatenate([spix, np.zeros(search.spots - n, int)])
-        fpix = np.concatenate([fpix, np.zeros(search.spots - n, int)])
-        qs.append(spot_vectors(exp, cfg, spix, fpix))
+        pad = np.zeros(search.spots - n, int)
+        panel, spix, fpix = (np.concatenate([a, pad]) for a in (panel, spix, fpix))
+        qs.append(panel_spot_vectors(exp, cfg, panel, spix, fpix))
         weights.append(np.arange(search.spots) < n)
     weight_np = np.concatenate(weights)
     n_spots = int(np.sum(weight_np))
