@@ -261,9 +261,9 @@ PANEL_FLAGS = ["-default_F", "100", "-N", "6", "-oversample", "1"]
 
 @pytest.fixture(scope="module")
 def four_panels(tmp_path_factory):
-    """A folder with true.expt (the A.mat crystal on the four-panel detector) and its
-    noise-free image as HDF5 (obs.h5), raw float32 (obs.bin) and per-panel SMV files, at a
-    fluence ``BRIGHTER`` times the default."""
+    """A folder with true.expt (the A.mat crystal on the four-panel detector) and its image,
+    at a fluence ``BRIGHTER`` times the default: noise-free as HDF5 (obs.h5) and raw float32
+    (obs.bin), and with noise as the panels' SMV files noisy_panel0.img ... noisy_panel3.img."""
     cwd = tmp_path_factory.mktemp("refine_panels")
     (cwd / "inputs").symlink_to(INPUTS)
     setup = build(FLAGS, cwd=cwd)
@@ -281,7 +281,8 @@ def four_panels(tmp_path_factory):
     ]
     true = assemble(exp.beam, exp.crystal, Detector.from_panels(panels), default_F=100.0)
     write_experiments(cwd / "true.expt", true)
-    outputs = ["-floatfile", "obs.bin", "--hdf5", "obs.h5", "-intfile", "int.img", "-nonoise"]
+    outputs = ["-floatfile", "obs.bin", "--hdf5", "obs.h5", "-intfile", "int.img"]
+    outputs += ["-noisefile", "noisy.img", "-seed", "5"]
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(cwd)
         status = simulate_cli.main(
@@ -312,6 +313,16 @@ def test_fit_on_a_multi_panel_detector(four_panels, monkeypatch, capsys):
         fitted = read_experiment(four_panels / "fit.expt")
         assert len(fitted.panels) == 4
         assert (four_panels / "fit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # With noise, from the SMV files of the panels, named as they were written: overloaded
+    # pixels are left out.
+    assert main(["--observed", "noisy.img", "--quiet", *model]) == 0
+    assert fitted_error(four_panels) < TOLERANCE_DEG
+    report = json.loads((four_panels / "refine.json").read_text())
+    assert report["format"] == "smv" and report["converged"] is True
+    overloads = sum(
+        int(np.sum(read_smv(four_panels / f"noisy_panel{p}.img")[1] == 65535)) for p in range(4)
+    )
+    assert overloads > 0 and report["pixels_fitted"] == 4 * QUADRANT * QUADRANT - overloads
     # the search finds spots on every panel
     from jaxdiff.refine.search import image_spots
 
@@ -324,7 +335,13 @@ def test_fit_on_a_multi_panel_detector(four_panels, monkeypatch, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--observed", "int_panel0.img"), "SMV image of one panel; the model's detector has 4"),
+        (
+            ("--observed", "int_panel0.img"),
+            "SMV image of one panel; the model's detector has 4 panels: give int.img for "
+            "int_panel0.img .. int_panel3.img",
+        ),
+        (("--observed", "part.img"), "part_panel1.img: no such file (panel 1 of part.img)"),
+        (("--observed", "obs.bin", "--frames", "2"), "--frames: 2 frames need a '#' template"),
         (
             ("--observed", "obs.h5", "--fit", "rotation,distance"),
             "--fit: distance is fitted for single-panel detectors only",
@@ -336,6 +353,7 @@ def test_multi_panel_mistakes_give_one_message(four_panels, monkeypatch, capsys,
     monkeypatch.chdir(four_panels)
     for name in ("refined.mat", "refine.json"):
         (four_panels / name).unlink(missing_ok=True)
+    (four_panels / "part_panel0.img").write_bytes((four_panels / "int_panel0.img").read_bytes())
     assert main([*args, "--expt", "true.expt", "--", *PANEL_FLAGS]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("jaxdiff-refine: error: ") and message in err

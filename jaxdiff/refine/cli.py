@@ -13,7 +13,8 @@ observation is a sweep of N frames of one crystal: files named by a '#' template
 end of the stack). The flags describe frame 1 (-phi, -osc, -phisteps); frame k is rendered
 from φ0 + (k-1)·osc, and all frames share one orientation (each keeps its own scale). For a
 multi-panel model (``--expt``) each image holds all the panels one above the other, as jaxdiff's
-raw float and HDF5 files do.
+raw float and HDF5 files do, or is the panels' SMV files that jaxdiff writes under one name
+(``obs.img`` for ``obs_panel0.img``, ``obs_panel1.img``, ...).
 
 The fit starts with a global orientation search (``--search-radius``), then runs the
 coarse-to-fine schedule from the model the flags describe. It writes the fitted MOSFLM A matrix
@@ -28,13 +29,14 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from jaxdiff.cli import guarded
+from jaxdiff.cli import guarded, panel_file
 from jaxdiff.errors import InputError
 
 _PNG = b"\x89PNG"
@@ -217,10 +219,13 @@ def read_observed(path: str, shape: tuple[int, int], args, adc_default: float, p
     images, usable, labels, kind, adc = [], [], [], "", 0.0
     for name in names:
         p = Path(name)
-        if not p.is_file():
+        split = panels and not p.exists() and Path(panel_file(name, 0, panels)).is_file()
+        if not split and not p.is_file():
             raise InputError(f"--observed: {name}: no such file")
-        with open(p, "rb") as f:
-            head = f.read(8)
+        head = b""
+        if not split:
+            with open(p, "rb") as f:
+                head = f.read(8)
         if head.startswith(_HDF5):
             found = _hdf5_images(name, args.dataset, args.frame, count, shape)
             kind, adc, saturation = "hdf5", args.adc or 0.0, False
@@ -231,12 +236,18 @@ def read_observed(path: str, shape: tuple[int, int], args, adc_default: float, p
                     f"--frames: {count} frames need a '#' template (or an HDF5 stack) in "
                     f"--observed, got {path}"
                 )
-            if head.startswith(b"{"):
+            if split:  # the panels' SMV files that jaxdiff writes under this name
+                found = [_panel_smv_images(name, panels, shape)]
+                kind, adc, saturation = "smv", adc_default if args.adc is None else args.adc, True
+            elif head.startswith(b"{"):
                 if panels:
+                    base = re.sub(r"_panel\d+(\.[^./]*)?$", r"\1", name)
+                    base = base if base != name else "NAME.img"
+                    first, last = panel_file(base, 0, panels), panel_file(base, panels - 1, panels)
                     raise InputError(
                         f"--observed: {name} is an SMV image of one panel; the model's detector "
-                        f"has {panels} panels: give them in one file, HDF5 or raw float32 with "
-                        "the panels one above the other (as jaxdiff -hdf5 or -floatfile writes)"
+                        f"has {panels} panels: give {base} for {first} .. {last}, or one HDF5 "
+                        "or raw float32 file of all the panels"
                     )
                 _, counts = read_smv(p)
                 kind, adc, saturation = "smv", adc_default if args.adc is None else args.adc, True
@@ -259,6 +270,30 @@ def read_observed(path: str, shape: tuple[int, int], args, adc_default: float, p
             images.append(np.where(use, image - adc, 0.0))
             usable.append(use)
     return images, usable, kind, adc, labels
+
+
+def _panel_smv_images(name: str, panels: int, shape: tuple[int, int]) -> np.ndarray:
+    """The SMV files that jaxdiff writes under ``name`` for the ``panels`` panels of a
+    multi-panel detector (``panel_file``), stacked into one image of ``shape`` (panel · slow,
+    fast)."""
+    from jaxdiff.io import read_smv
+
+    parts = []
+    for q in range(panels):
+        path = Path(panel_file(name, q, panels))
+        if not path.is_file():
+            raise InputError(f"--observed: {path}: no such file (panel {q} of {name})")
+        with open(path, "rb") as f:
+            if not f.read(1) == b"{":
+                raise InputError(f"--observed: {path} is not an SMV image")
+        _, counts = read_smv(path)
+        if counts.shape != (shape[0] // panels, shape[1]):
+            raise InputError(
+                f"--observed: {path} has {counts.shape[1]}x{counts.shape[0]} pixels, but the "
+                f"model's panels have {shape[1]}x{shape[0] // panels}"
+            )
+        parts.append(counts.astype(np.float64))
+    return np.concatenate(parts)
 
 
 def _schedule(coarse: str, steps: int):
