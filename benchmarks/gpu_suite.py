@@ -4,9 +4,12 @@
    tests: 1e-6 of the peak), and the worst float32 error against float64;
 2. speed: a P3-type workload (512² or larger × 10 φ × 10 mosaic × 2² sub-pixels) in float32,
    in evaluations per second (target ≥ 1e11 on an H100);
-3. batch: 1000 crystals on a 1024² detector (target under a minute).
+3. batch: 1000 crystals on a 1024² detector (target under a minute);
+4. gradients: forward + gradient over forward for each parameter group (target ≤ 3×), on the
+   problems of ``gradients.py`` (P3, P1 and the supervisor ROI) in float32 and float64.
 
-Appends a section naming the device to benchmarks/RESULTS.md.
+Appends a section naming the device to benchmarks/RESULTS.md (``--no-write``: print only, for
+a smoke run on a machine without a GPU).
 
     pip install -e '.[test]' 'jax[cuda12]' && python benchmarks/gpu_suite.py
 """
@@ -91,6 +94,13 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--per-call", type=int, default=50)
+    parser.add_argument(
+        "--grad-problems",
+        nargs="*",
+        default=["P3", "P1", "supervisor-roi"],
+        help="problems of gradients.py to time (none: skip the gradients)",
+    )
+    parser.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args()
     device = jax.devices()[0]
     print(f"device: {device.device_kind} ({device.platform}), {len(jax.devices())} device(s)")
@@ -100,6 +110,13 @@ def main() -> int:
     print(f"P3-type {args.size}^2 float32: {t:.3f} s, {rate:.3e} evaluations/s")
     bt = batch(args.batch, args.per_call)
     print(f"batch {args.batch} crystals on 1024^2 (float32): {bt:.1f} s")
+    grads = []
+    if args.grad_problems:
+        from gradients import measure
+
+        grads = measure(repeats=args.repeats, problems=tuple(args.grad_problems))["rows"]
+    if args.no_write:
+        return 0 if not failed else 1
     out = Path(__file__).resolve().parent / "RESULTS.md"
     with out.open("a") as f:
         f.write(
@@ -113,6 +130,17 @@ def main() -> int:
             f"{t:.3f} s, {rate:.2e} evaluations/s (median of {args.repeats})\n"
             f"- {args.batch} crystals on a 1024² detector, float32: {bt:.1f} s\n"
         )
+        if grads:
+            f.write(
+                f"\nForward + gradient over forward (`gradients.py`, medians of {args.repeats}; "
+                "target ≤ 3×):\n\n| problem, dtype, group | forward [s] | fwd+grad [s] | ratio |\n"
+                "|---|---|---|---|\n"
+            )
+            for row in grads:
+                f.write(
+                    f"| {row['name']} | {row['forward_s']:.4f} | {row['grad_s']:.4f} | "
+                    f"{row['ratio']:.2f}× |\n"
+                )
     return 0 if not failed else 1
 
 
