@@ -33,7 +33,7 @@ from jaxdiff.experiment import build
 from jaxdiff.flags import Options
 from jaxdiff.io import read_float_image, read_mosflm_matrix, read_smv
 from jaxdiff.io.dials import read_experiment, write_experiments
-from jaxdiff.refine.cli import main, split_argv
+from jaxdiff.refine.cli import _parser, main, read_observed, split_argv
 from jaxdiff.rotation import rotate_xyz
 
 OUTPUTS = ("refined.mat", "refine.json", "fit.png")
@@ -294,25 +294,32 @@ def four_panels(tmp_path_factory):
 
 
 def test_fit_on_a_multi_panel_detector(four_panels, monkeypatch, capsys):
-    """The four panels' image, from HDF5 and from raw float32 (panels one above the other):
-    the fit undoes the misset, and the fitted experiment list keeps the four panels."""
+    """The four panels' image from HDF5 (noise-free) and from the panels' SMV files (noisy):
+    the fit undoes the misset, and the fitted experiment list keeps the four panels. Raw
+    float32 (panels one above the other) is read as the same observation as HDF5."""
     monkeypatch.chdir(four_panels)
     model = ["--expt", "true.expt", "--", *PANEL_FLAGS, *MISSET]
     outputs = ["--expt-out", "fit.expt", "--picture", "fit.png", "--quiet"]
-    for observed in ("obs.h5", "obs.bin"):
-        for name in ("refined.mat", "refine.json", "fit.expt", "fit.png"):
-            (four_panels / name).unlink(missing_ok=True)
-        assert main(["--observed", observed, *outputs, *model]) == 0
-        out = capsys.readouterr().out
-        assert f"4 panels of {QUADRANT}x{QUADRANT} pixels" in out and "\nconverged:" in out
-        # Noise-free: the fit is limited by the optimiser's tolerance only.
-        assert fitted_error(four_panels) < 1e-4
-        report = json.loads((four_panels / "refine.json").read_text())
-        assert report["pixels_fitted"] == 4 * QUADRANT * QUADRANT
-        assert report["search"]["spots"] > 0
-        fitted = read_experiment(four_panels / "fit.expt")
-        assert len(fitted.panels) == 4
-        assert (four_panels / "fit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("refined.mat", "refine.json", "fit.expt", "fit.png"):
+        (four_panels / name).unlink(missing_ok=True)
+    assert main(["--observed", "obs.h5", *outputs, *model]) == 0
+    out = capsys.readouterr().out
+    assert f"4 panels of {QUADRANT}x{QUADRANT} pixels" in out and "\nconverged:" in out
+    # Noise-free: the fit is limited by the optimiser's tolerance only.
+    assert fitted_error(four_panels) < 1e-4
+    report = json.loads((four_panels / "refine.json").read_text())
+    assert report["pixels_fitted"] == 4 * QUADRANT * QUADRANT
+    assert report["search"]["spots"] > 0
+    fitted = read_experiment(four_panels / "fit.expt")
+    assert len(fitted.panels) == 4
+    assert (four_panels / "fit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    defaults = _parser().parse_args(["--observed", "-"])
+    shape = (4 * QUADRANT, QUADRANT)
+    from_h5 = read_observed("obs.h5", shape, defaults, 40.0, 4)
+    from_bin = read_observed("obs.bin", shape, defaults, 40.0, 4)
+    assert from_h5[2] == "hdf5" and from_bin[2] == "float"
+    np.testing.assert_array_equal(from_bin[0][0], from_h5[0][0])
+    assert from_bin[0][0].max() > 0.0
     # With noise, from the SMV files of the panels, named as they were written: overloaded
     # pixels are left out.
     assert main(["--observed", "noisy.img", "--quiet", *model]) == 0
