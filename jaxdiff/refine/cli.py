@@ -283,10 +283,7 @@ def _panel_smv_images(name: str, panels: int, shape: tuple[int, int]) -> np.ndar
         path = Path(panel_file(name, q, panels))
         if not path.is_file():
             raise InputError(f"--observed: {path}: no such file (panel {q} of {name})")
-        with open(path, "rb") as f:
-            if not f.read(1) == b"{":
-                raise InputError(f"--observed: {path} is not an SMV image")
-        _, counts = read_smv(path)
+        _, counts = read_smv(path)  # names the file if it is not an SMV image
         if counts.shape != (shape[0] // panels, shape[1]):
             raise InputError(
                 f"--observed: {path} has {counts.shape[1]}x{counts.shape[0]} pixels, but the "
@@ -351,7 +348,7 @@ def run(argv: list[str]) -> int:
     from jaxdiff.experiment import build
     from jaxdiff.io import atomic_output
     from jaxdiff.refine.driver import DEFAULT_SEARCH, refine, sweep_models
-    from jaxdiff.refine.params import GROUPS, misorientation
+    from jaxdiff.refine.params import GROUPS, detector_groups, misorientation
     from jaxdiff.simulate import simulate
 
     groups = [g.strip() for g in args.fit.split(",") if g.strip()]
@@ -381,7 +378,7 @@ def run(argv: list[str]) -> int:
     cfg = setup.config
     det = setup.experiment.detector
     if det.panels:
-        moved = sorted({"distance", "beam_centre"} & set(groups))
+        moved = detector_groups(groups)
         if moved:
             raise InputError(
                 f"--fit: {', '.join(moved)} is fitted for single-panel detectors only; the "

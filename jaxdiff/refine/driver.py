@@ -41,6 +41,7 @@ from jaxdiff.refine.params import (
     a_matrix,
     apply_offsets,
     check_groups,
+    detector_groups,
     initial_offsets,
     physical_values,
 )
@@ -492,7 +493,7 @@ def refine(
             "mosaic: the model has no mosaic spread to fit; give it a spread and several "
             "domains (-mosaic, -mosaic_domains)"
         )
-    moved = sorted({"distance", "beam_centre"} & set(groups))
+    moved = detector_groups(groups)
     if moved and any(e.detector.panels for e in exps):
         raise ValueError(
             f"{', '.join(moved)}: fitted for single-panel detectors only; each panel of a "

@@ -33,6 +33,14 @@ from jaxdiff.rotation import rotation_vector_matrix
 from jaxdiff.simulate import Experiment
 
 GROUPS = ("rotation", "cell", "ncells", "mosaic", "scale", "distance", "beam_centre")
+
+
+def detector_groups(groups) -> list[str]:
+    """The groups among ``groups`` that move a single-panel detector (sorted): a multi-panel
+    detector's panels each have their own position, so these are not fitted for it."""
+    return sorted({"distance", "beam_centre"} & set(groups))
+
+
 ROTATION_UNIT = 1e-3  # rad
 CELL_LENGTH_UNIT = 1e-3  # relative
 CELL_ANGLE_UNIT = 1e-3  # rad
